@@ -1,0 +1,37 @@
+"""The symbolic IR: legs with symbolic sizes, nodes, diagrams and sums of diagrams."""
+
+from tnderiv.ir.diagram import Diagram, DiagramSum, Expression, make_sum, node_tag, terms_of
+from tnderiv.ir.legs import Size, as_size, evaluate, size_symbol
+from tnderiv.ir.nodes import (
+    Node,
+    NodeKind,
+    PaddingMode,
+    PatternParams,
+    delta,
+    ones,
+    operand,
+    pattern,
+    split_groups,
+)
+
+__all__ = [
+    "Diagram",
+    "DiagramSum",
+    "Expression",
+    "Node",
+    "NodeKind",
+    "PaddingMode",
+    "PatternParams",
+    "Size",
+    "as_size",
+    "delta",
+    "evaluate",
+    "make_sum",
+    "node_tag",
+    "ones",
+    "operand",
+    "pattern",
+    "size_symbol",
+    "split_groups",
+    "terms_of",
+]

@@ -1,0 +1,50 @@
+"""Canonical form of a diagram: one labelled graph feeds a fast WL hash and an exact isomorphism check."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import networkx as nx
+from networkx.algorithms import isomorphism
+
+from tnderiv.ir.nodes import NodeKind
+
+if TYPE_CHECKING:
+    from tnderiv.ir.diagram import Diagram
+
+
+def diagram_graph(diagram: Diagram) -> nx.Graph:
+    """Bipartite graph: tensor nodes and leg nodes; summed legs carry no name, open legs their position."""
+    graph = nx.Graph()
+    open_pos = {leg: i for i, leg in enumerate(diagram.open_legs)}
+    graph.graph["label"] = f"{diagram.coefficient}|{diagram.open_groups}"
+    for leg, size in diagram.sizes.items():
+        role = f"open{open_pos[leg]}:{leg}" if leg in open_pos else "summed"
+        graph.add_node(("leg", leg), label=f"{role}|{size}")
+    for index, node in enumerate(diagram.nodes):
+        graph.add_node(("node", index), label=node.label())
+        symmetric = node.kind in (NodeKind.DELTA, NodeKind.ONES)
+        for axis, leg in enumerate(node.legs):
+            graph.add_edge(("node", index), ("leg", leg), label="*" if symmetric else str(axis))
+    return graph
+
+
+def diagram_hash(diagram: Diagram) -> str:
+    """Weisfeiler–Lehman hash of the diagram's graph combined with its global labels."""
+    graph = diagram_graph(diagram)
+    wl = nx.weisfeiler_lehman_graph_hash(graph, node_attr="label", edge_attr="label", iterations=4)
+    return hashlib.blake2b(f"{wl}|{graph.graph['label']}".encode(), digest_size=16).hexdigest()
+
+
+def isomorphic(a: Diagram, b: Diagram) -> bool:
+    """Exact check that two diagrams differ only by the names of summed legs and node order."""
+    ga, gb = diagram_graph(a), diagram_graph(b)
+    if ga.graph["label"] != gb.graph["label"]:
+        return False
+    return nx.is_isomorphic(
+        ga,
+        gb,
+        node_match=isomorphism.categorical_node_match("label", None),
+        edge_match=isomorphism.categorical_edge_match("label", None),
+    )

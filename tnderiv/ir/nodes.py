@@ -1,0 +1,155 @@
+"""Nodes of a tensor-network diagram: operands, copy tensors, index patterns, ones, scalars."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class NodeKind(str, enum.Enum):
+    """What a node stands for."""
+
+    OPERAND = "operand"  # runtime data, looked up by name (x, weight, grad_out, ...)
+    DELTA = "delta"  # copy tensor: 1 where all legs agree
+    PATTERN = "pattern"  # 0/1 index pattern Π[k, o, i] of one spatial dimension
+    ONES = "ones"  # all-ones tensor (a sum or a broadcast)
+    SCALAR = "scalar"  # a number with no legs
+
+
+class PaddingMode(str, enum.Enum):
+    """How a pattern treats an index that falls outside the input."""
+
+    ZEROS = "zeros"
+    REFLECT = "reflect"
+    REPLICATE = "replicate"
+    CIRCULAR = "circular"
+
+    @classmethod
+    def parse(cls, value: str | PaddingMode) -> PaddingMode:
+        """The mode named ``value``; raises listing the valid names."""
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"padding_mode={value!r} is not supported; expected one of {valid}") from None
+
+
+@dataclass(frozen=True)
+class PatternParams:
+    """Hyperparameters of an index pattern ``Π[k, o, i] = 1 iff i = o·stride + k·dilation − pad_left``.
+
+    Out-of-range ``i`` is dropped (``zeros``) or mapped back into the input by ``mode``.
+    The sizes of ``k, o, i`` are the sizes of the pattern node's legs.
+    """
+
+    stride: int = 1
+    dilation: int = 1
+    pad_left: int = 0
+    mode: PaddingMode = PaddingMode.ZEROS
+
+    def label(self) -> str:
+        """A short, stable description used in hashes and printouts."""
+        return f"S={self.stride},D={self.dilation},P={self.pad_left},{self.mode.value}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One tensor of a diagram.
+
+    ``legs`` are leg names in axis order. ``groups`` says how an operand's legs merge into the axes
+    of the user's tensor (e.g. ``(1, 2, 1)`` for ``x[n, (g c_in), i0]``); ``None`` means one axis per leg.
+    """
+
+    kind: NodeKind
+    legs: tuple[str, ...]
+    name: str = ""
+    pattern: PatternParams | None = None
+    value: float = 1.0
+    groups: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(set(self.legs)) != len(self.legs):
+            raise ValueError(f"node {self.display_name!r} repeats a leg: {self.legs}")
+        if self.kind is NodeKind.PATTERN and (self.pattern is None or len(self.legs) != 3):
+            raise ValueError(f"a pattern node needs PatternParams and legs (k, o, i), got {self.legs}")
+        if self.kind is NodeKind.OPERAND and not self.name:
+            raise ValueError("an operand node needs a name")
+        if self.kind is NodeKind.SCALAR and self.legs:
+            raise ValueError("a scalar node has no legs")
+        if self.groups is not None and sum(self.groups) != len(self.legs):
+            raise ValueError(f"groups {self.groups} do not cover the legs {self.legs} of {self.display_name!r}")
+
+    @property
+    def display_name(self) -> str:
+        """Name used in printouts: the operand's name or a symbol for the kind."""
+        if self.kind is NodeKind.OPERAND:
+            return self.name
+        return {
+            NodeKind.DELTA: "δ",
+            NodeKind.PATTERN: "Π",
+            NodeKind.ONES: "1",
+            NodeKind.SCALAR: f"{self.value:g}",
+        }[self.kind]
+
+    @property
+    def is_constant(self) -> bool:
+        """True for nodes whose values are known without runtime data."""
+        return self.kind is not NodeKind.OPERAND
+
+    @property
+    def axis_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The node's legs grouped into the user's tensor axes."""
+        return split_groups(self.legs, self.groups)
+
+    def label(self) -> str:
+        """Everything about the node except its leg names (for canonical hashing)."""
+        parts = [self.kind.value, self.name]
+        if self.pattern is not None:
+            parts.append(self.pattern.label())
+        if self.kind is NodeKind.SCALAR:
+            parts.append(repr(self.value))
+        if self.groups is not None:
+            parts.append(str(self.groups))
+        return "|".join(parts)
+
+    def with_legs(self, legs: tuple[str, ...]) -> Node:
+        """The same node on other legs."""
+        return Node(self.kind, legs, self.name, self.pattern, self.value, self.groups)
+
+
+def split_groups(legs: tuple[str, ...], groups: tuple[int, ...] | None) -> tuple[tuple[str, ...], ...]:
+    """Split ``legs`` into consecutive groups of the given lengths (one leg each if ``None``)."""
+    if groups is None:
+        return tuple((leg,) for leg in legs)
+    out, start = [], 0
+    for length in groups:
+        out.append(legs[start : start + length])
+        start += length
+    return tuple(out)
+
+
+def operand(name: str, *axes: str | tuple[str, ...]) -> Node:
+    """An operand node; each axis is a leg name or a tuple of legs merged into one user axis."""
+    legs: list[str] = []
+    groups: list[int] = []
+    for axis in axes:
+        group = (axis,) if isinstance(axis, str) else tuple(axis)
+        legs.extend(group)
+        groups.append(len(group))
+    merged = any(g != 1 for g in groups)
+    return Node(NodeKind.OPERAND, tuple(legs), name=name, groups=tuple(groups) if merged else None)
+
+
+def delta(*legs: str) -> Node:
+    """A copy tensor on ``legs``."""
+    return Node(NodeKind.DELTA, tuple(legs))
+
+
+def ones(*legs: str) -> Node:
+    """An all-ones tensor on ``legs``."""
+    return Node(NodeKind.ONES, tuple(legs))
+
+
+def pattern(k: str, o: str, i: str, params: PatternParams) -> Node:
+    """The index pattern ``Π[k, o, i]`` of one spatial dimension."""
+    return Node(NodeKind.PATTERN, (k, o, i), pattern=params)

@@ -1,0 +1,86 @@
+"""What every layer provides: its network (forward diagram + roles of operands) and size checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import sympy
+
+from tnderiv.ir import Expression, terms_of
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNetwork:
+    """A layer as a diagram: ``output = forward(inputs, params)``.
+
+    ``inputs`` are data operands (``x``), ``params`` trainable operands (``weight``, ``bias``).
+    ``batch_leg`` is the leg of independent samples; ``shared_legs`` are weight-sharing legs
+    (spatial outputs ``o0..`` of a convolution, sequence legs ``s0..`` of a dense layer).
+    ``check_sizes`` raises for bound sizes the layer cannot take (impossible output sizes, ...).
+    """
+
+    forward: Expression
+    inputs: tuple[str, ...]
+    params: tuple[str, ...]
+    batch_leg: str = "n"
+    shared_legs: tuple[str, ...] = ()
+    check_sizes: Callable[[Mapping[sympy.Symbol, int]], None] | None = field(default=None, compare=False)
+    couples_batch: bool = False
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return self.inputs + self.params
+
+    def operand_groups(self, name: str) -> tuple[tuple[str, ...], ...]:
+        """Axis groups of operand ``name`` as it appears in the forward diagram."""
+        for term in terms_of(self.forward):
+            for node in term.nodes:
+                if node.name == name:
+                    return node.axis_groups
+        raise KeyError(name)
+
+
+@runtime_checkable
+class Layer(Protocol):
+    """A layer spec: a frozen, hashable description that builds its network."""
+
+    def network(self, shapes: Shapes) -> LayerNetwork:
+        """The network for operands of these (user-layout) shapes; shapes may be partial."""
+        ...
+
+
+_FROM_MODULE: dict[type, Callable[[Any], Layer]] = {}
+
+
+def register_module(*module_types: type) -> Callable[[Callable[[Any], Layer]], Callable[[Any], Layer]]:
+    """Register a converter from ``torch.nn`` module types to a layer spec."""
+
+    def decorate(convert: Callable[[Any], Layer]) -> Callable[[Any], Layer]:
+        for module_type in module_types:
+            _FROM_MODULE[module_type] = convert
+        return convert
+
+    return decorate
+
+
+def spec_of(layer: Any) -> Layer:
+    """The spec of a spec or of a supported ``torch.nn`` module; raises naming unsupported types."""
+    if isinstance(layer, Layer) and not _is_module(layer):
+        return layer
+    for module_type in type(layer).__mro__:
+        if module_type in _FROM_MODULE:
+            return _FROM_MODULE[module_type](layer)
+    supported = ", ".join(sorted(t.__name__ for t in _FROM_MODULE))
+    raise TypeError(f"unsupported layer of type {type(layer).__name__}; supported modules: {supported}, or a tnderiv spec")
+
+
+def _is_module(obj: Any) -> bool:
+    try:
+        import torch.nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, torch.nn.Module)

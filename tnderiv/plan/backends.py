@@ -1,0 +1,56 @@
+"""Array backends that run plans: torch (CPU and CUDA) and cupy (imported only when used)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to recognise, create and reshape arrays of one library; ``name`` is opt_einsum's backend name."""
+
+    name: str
+
+    def owns(self, array: Any) -> bool:
+        module = type(array).__module__.split(".")[0]
+        return module == self.name
+
+    def from_numpy(self, array: np.ndarray, like: Any) -> Any:
+        """``array`` with the dtype and device of ``like``."""
+        if self.name == "torch":
+            import torch
+
+            return torch.tensor(array, dtype=like.dtype, device=like.device)
+        import cupy  # type: ignore[import-not-found]
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.asarray(array, dtype=like.dtype)
+
+    def device_key(self, array: Any) -> str:
+        if self.name == "torch":
+            return str(array.device)
+        return f"cuda:{array.device.id}"
+
+    def dtype_key(self, array: Any) -> str:
+        return str(array.dtype)
+
+    def is_floating(self, array: Any) -> bool:
+        if self.name == "torch":
+            return bool(array.is_floating_point() or array.is_complex())
+        return array.dtype.kind in "fc"
+
+
+TORCH = Backend("torch")
+CUPY = Backend("cupy")
+BACKENDS = (TORCH, CUPY)
+
+
+def backend_of(array: Any, name: str = "tensor") -> Backend:
+    """The backend owning ``array``; raises a TypeError naming ``name`` for anything else."""
+    for backend in BACKENDS:
+        if backend.owns(array):
+            return backend
+    raise TypeError(f"{name} must be a torch.Tensor or a cupy.ndarray, got {type(array).__name__}")

@@ -1,0 +1,62 @@
+"""Values of constant nodes (index patterns, copy tensors, ones) for bound leg sizes, as numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+
+import numpy as np
+
+from tnderiv.ir import Node, NodeKind, PaddingMode, PatternParams
+
+
+def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
+    """The node's values for these leg sizes (read-only; cached per shape)."""
+    shape = tuple(int(sizes[leg]) for leg in node.legs)
+    if node.kind is NodeKind.PATTERN:
+        assert node.pattern is not None
+        return pattern_array(node.pattern, *shape)
+    if node.kind is NodeKind.DELTA:
+        return delta_array(shape)
+    if node.kind is NodeKind.ONES:
+        return _readonly(np.ones(shape, dtype=np.int8))
+    if node.kind is NodeKind.SCALAR:
+        return _readonly(np.array(node.value))
+    raise TypeError(f"node {node.display_name!r} of kind {node.kind.value} has no constant value")
+
+
+@lru_cache(maxsize=1024)
+def pattern_array(params: PatternParams, k_size: int, o_size: int, i_size: int) -> np.ndarray:
+    """``Π[k, o, i] = 1 iff i = map(o·S + k·D − P_left)``, with ``map`` given by the padding mode."""
+    k = np.arange(k_size)[:, None]
+    o = np.arange(o_size)[None, :]
+    idx = o * params.stride + k * params.dilation - params.pad_left
+    idx = np.broadcast_to(idx, (k_size, o_size)).copy()
+    if params.mode is PaddingMode.REFLECT:
+        idx = np.where(idx < 0, -idx, idx)
+        idx = np.where(idx >= i_size, 2 * (i_size - 1) - idx, idx)
+    elif params.mode is PaddingMode.REPLICATE:
+        idx = np.clip(idx, 0, i_size - 1)
+    elif params.mode is PaddingMode.CIRCULAR:
+        idx = np.mod(idx, i_size)
+    valid = (idx >= 0) & (idx < i_size)
+    out = np.zeros((k_size, o_size, i_size), dtype=np.int8)
+    kk, oo = np.nonzero(valid)
+    out[kk, oo, idx[kk, oo]] = 1
+    return _readonly(out)
+
+
+@lru_cache(maxsize=256)
+def delta_array(shape: tuple[int, ...]) -> np.ndarray:
+    """Copy tensor: 1 where all indices agree."""
+    if len(set(shape)) > 1:
+        raise ValueError(f"a copy tensor needs legs of equal size, got {shape}")
+    out = np.zeros(shape, dtype=np.int8)
+    if shape:
+        out[(np.arange(shape[0]),) * len(shape)] = 1
+    return _readonly(out)
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
