@@ -73,6 +73,9 @@ def run_quantity(
     network = _network(layer, rank_shapes)
     expr = derive(network, quantity)
     needed = expr.operand_names
+    if network.prepare is not None and any(name in network.derived for name in needed):
+        given.update(network.prepare(given))
+        shapes.update({name: tuple(given[name].shape) for name in network.derived if name in given})
     missing = [name for name in needed if name not in given]
     if missing:
         args = ", ".join(f"{name}=..." for name in missing)

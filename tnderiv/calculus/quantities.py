@@ -87,6 +87,9 @@ def _forward(network: LayerNetwork, wrt: str | None) -> Expression:
 def _vjp(network: LayerNetwork, wrt: str | None) -> Expression:
     """``grad_out`` pulled back to an operand: the operand's shape."""
     assert wrt is not None
+    if wrt in network.linearized:
+        # transpose the linearization: cut the tangent, attach grad_out
+        return vjp(network.linearized[wrt], "tangent")
     return vjp(network.forward, wrt)
 
 
@@ -94,6 +97,8 @@ def _vjp(network: LayerNetwork, wrt: str | None) -> Expression:
 def _jvp(network: LayerNetwork, wrt: str | None) -> Expression:
     """The output's change along ``tangent`` (shaped like the operand): the output's shape."""
     assert wrt is not None
+    if wrt in network.linearized:
+        return network.linearized[wrt]
     return jvp(network.forward, wrt)
 
 

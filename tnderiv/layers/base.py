@@ -21,6 +21,12 @@ class LayerNetwork:
     ``batch_leg`` is the leg of independent samples; ``shared_legs`` are weight-sharing legs
     (spatial outputs ``o0..`` of a convolution, sequence legs ``s0..`` of a dense layer).
     ``check_sizes`` raises for bound sizes the layer cannot take (impossible output sizes, ...).
+
+    Layers that are not multilinear in an input (normalization) give ``linearized[input]``: the JVP
+    diagram in a ``tangent`` operand shaped like the input; VJPs follow by transposing it. Operands
+    computed from the user's tensors in the forward (``x_hat``, ``inv_std``) are listed in ``derived``
+    and produced by ``prepare(tensors) → {name: tensor}``. ``couples_batch`` marks layers whose
+    output mixes samples (train-mode batch norm): per-sample quantities are then undefined.
     """
 
     forward: Expression
@@ -30,6 +36,9 @@ class LayerNetwork:
     shared_legs: tuple[str, ...] = ()
     check_sizes: Callable[[Mapping[sympy.Symbol, int]], None] | None = field(default=None, compare=False)
     couples_batch: bool = False
+    linearized: Mapping[str, Expression] = field(default_factory=dict)
+    derived: tuple[str, ...] = ()
+    prepare: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
 
     @property
     def operands(self) -> tuple[str, ...]:
