@@ -1,18 +1,51 @@
-"""Bind size symbols from the shapes of the user's tensors, checking every axis on the way."""
+"""Bind leg sizes from the shapes of the user's tensors, checking every axis on the way.
+
+A leg's size is a sympy expression (``N``, ``I0``, ``floor((I0 + 2 − 3)/2) + 1``). A shape binds the
+expression it gives directly (a bare symbol, or a whole expression such as an output size), so a
+VJP w.r.t. the bias needs only ``grad_out`` even though ``o0`` is a function of ``I0``.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import sympy
 
-from tnderiv.ir import Expression, evaluate, terms_of
+from tnderiv.ir import Expression, terms_of
 
-Bindings = dict[sympy.Symbol, int]
 OUTPUT = "output"
 
 
-def axis_groups_by_name(expr: Expression) -> dict[str, list[tuple[tuple[str, ...], dict[str, sympy.Expr]]]]:
+class Bindings(dict):
+    """Known sizes: ``{symbol or expression: int}``; ``value(expr)`` evaluates any size expression."""
+
+    def value(self, expr: sympy.Expr) -> int:
+        """The integer value of ``expr``; raises naming the sizes it still needs."""
+        if expr.is_Integer:
+            return int(expr)
+        if expr in self:
+            return int(self[expr])
+        reduced = expr.xreplace({k: sympy.Integer(v) for k, v in self.items() if not k.is_Symbol})
+        reduced = reduced.xreplace({k: sympy.Integer(v) for k, v in self.items() if k.is_Symbol})
+        if not reduced.is_number:
+            names = ", ".join(sorted(str(s) for s in reduced.free_symbols))
+            raise ValueError(f"size {expr} needs a value for {names}")
+        return int(reduced)
+
+    def can_evaluate(self, expr: sympy.Expr) -> bool:
+        try:
+            self.value(expr)
+        except ValueError:
+            return False
+        return True
+
+    def symbols(self) -> dict[sympy.Symbol, int]:
+        """Only the bound symbols (for layer size checks and printing)."""
+        return {k: v for k, v in self.items() if k.is_Symbol}
+
+
+def axis_groups_by_name(expr: Expression) -> dict[str, list[tuple[tuple[tuple[str, ...], ...], Mapping[str, sympy.Expr]]]]:
     """For each operand name (and ``'output'``), its axis groups with the sizes of their legs."""
     found: dict[str, list] = {}
     for term in terms_of(expr):
@@ -28,7 +61,7 @@ def bind_sizes(
     shapes: Mapping[str, tuple[int, ...]],
     check: Callable[[Mapping[sympy.Symbol, int]], None] | None = None,
 ) -> Bindings:
-    """Size symbols bound from ``shapes`` (by operand name; ``'output'`` for the result) and checked.
+    """Sizes bound from ``shapes`` (by operand name; ``'output'`` for the result) and checked.
 
     Raises ``ValueError`` naming the operand, the axis, what it got and what was expected.
     """
@@ -36,44 +69,52 @@ def bind_sizes(
     unknown = set(shapes) - set(groups)
     if unknown:
         raise ValueError(f"shapes given for {sorted(unknown)}, which the diagram does not use; it uses {sorted(groups)}")
-    bindings: Bindings = {}
+    bindings = Bindings()
     for name, shape in shapes.items():
         for axes, sizes in groups[name]:
             if len(shape) != len(axes):
                 expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
                 raise ValueError(f"{name} has shape {tuple(shape)} with {len(shape)} axes; expected {len(axes)} axes {expected}")
             for value, legs in zip(shape, axes):
-                if len(legs) == 1 and isinstance(sizes[legs[0]], sympy.Symbol):
-                    symbol = sizes[legs[0]]
-                    if int(value) < 1:
-                        raise ValueError(f"{name} has an empty axis ({legs[0]}={value}) in shape {tuple(shape)}")
-                    bindings.setdefault(symbol, int(value))
-    missing = set().union(*(t.free_symbols() for t in terms_of(expr))) - set(bindings)
-    if missing:
-        names = ", ".join(sorted(map(str, missing)))
-        raise ValueError(f"cannot tell the size{'s' if len(missing) > 1 else ''} {names} from the shapes given for {sorted(shapes)}")
+                if int(value) < 1:
+                    raise ValueError(f"{name} has an empty axis ({' '.join(legs)}={value}) in shape {tuple(shape)}")
+                if len(legs) == 1 and not sizes[legs[0]].is_Integer:
+                    bindings.setdefault(sizes[legs[0]], int(value))
+    # symbols from symbol-valued legs first, so that expressions given by shapes can be checked
+    for term in terms_of(expr):
+        for leg, size in term.sizes.items():
+            if not bindings.can_evaluate(size):
+                raise ValueError(
+                    f"cannot tell the size of leg {leg} ({size}) from the shapes given for {sorted(shapes)}"
+                )
     if check is not None:
-        check(bindings)
+        check(bindings.symbols())
     for name, shape in shapes.items():
         for axes, sizes in groups[name]:
             for axis, (value, legs) in enumerate(zip(shape, axes)):
-                expected = 1
-                for leg in legs:
-                    expected *= evaluate(sizes[leg], bindings)
-                if expected != int(value):
+                expected = math.prod(_strict_value(bindings, sizes[leg]) for leg in legs)
+                if expected is not None and expected != int(value):
                     formula = " · ".join(str(sizes[leg]) for leg in legs)
-                    given = ", ".join(f"{s}={v}" for s, v in sorted(bindings.items(), key=lambda kv: str(kv[0])))
+                    given = ", ".join(f"{s}={v}" for s, v in sorted(bindings.symbols().items(), key=lambda kv: str(kv[0])))
                     raise ValueError(
                         f"{name} has shape {tuple(shape)}: axis {axis} ({' '.join(legs)}) is {value}, expected "
-                        f"{expected} = {formula} with {given}"
+                        f"{expected} = {formula}" + (f" with {given}" if given else "")
                     )
     for term in terms_of(expr):
         for leg, size in term.sizes.items():
-            if evaluate(size, bindings) < 1:
-                raise ValueError(f"leg {leg} gets size {evaluate(size, bindings)} = {size}: impossible output size")
+            if bindings.value(size) < 1:
+                raise ValueError(f"leg {leg} gets size {bindings.value(size)} = {size}: impossible output size")
     return bindings
+
+
+def _strict_value(bindings: Bindings, size: sympy.Expr) -> int:
+    """The value of ``size`` from symbols alone where possible (so a shape cannot vouch for itself)."""
+    symbols = bindings.symbols()
+    if size.free_symbols <= set(symbols):
+        return int(size.xreplace({k: sympy.Integer(v) for k, v in symbols.items()}))
+    return bindings.value(size)
 
 
 def leg_sizes(expr: Expression, bindings: Bindings) -> list[dict[str, int]]:
     """Integer sizes of every leg, per term."""
-    return [{leg: evaluate(size, bindings) for leg, size in term.sizes.items()} for term in terms_of(expr)]
+    return [{leg: bindings.value(size) for leg, size in term.sizes.items()} for term in terms_of(expr)]

@@ -13,7 +13,7 @@ from opt_einsum.helpers import flop_count
 
 from tnderiv.ir import Diagram, Expression, NodeKind, node_tag, terms_of
 from tnderiv.plan.backends import Backend, backend_of
-from tnderiv.plan.bind import OUTPUT, bind_sizes, leg_sizes
+from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, leg_sizes
 from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.constants import constant_array
 from tnderiv.plan.optimizers import cache_key, resolve
@@ -50,7 +50,7 @@ def _broadcast_legs(term: Diagram) -> tuple[str, ...]:
 class TermPlan:
     """One diagram (term) compiled for fixed leg sizes on one backend, device and dtype."""
 
-    def __init__(self, term: Diagram, sizes: Mapping[str, int], like: Any, optimize: Any) -> None:
+    def __init__(self, term: Diagram, sizes: Mapping[str, int], like: Any, optimize: Any, coefficient: float = 1.0) -> None:
         self.term = term
         self.sizes = dict(sizes)
         self.broadcast = _broadcast_legs(term)
@@ -62,9 +62,7 @@ class TermPlan:
         self.equation = ",".join(inputs) + "->" + "".join(self.symbols[leg] for leg in self.out_legs)
         self.leg_shapes = [tuple(self.sizes[leg] for leg in node.legs) for node in nodes]
         self.operand_names = tuple(None if node.is_constant else node.name for node in nodes)
-        self.coefficient = float(term.coefficient) if term.coefficient.is_number else None
-        if self.coefficient is None:
-            raise ValueError(f"coefficient {term.coefficient} of {term} is not a number after binding sizes")
+        self.coefficient = coefficient
         backend = backend_of(like)
         self.backend_name = backend.name
         resolved = resolve(optimize, len(nodes))
@@ -131,7 +129,8 @@ class Plan:
         operand_shapes = {k: tuple(v) for k, v in shapes.items()}
         self.bindings = bind_sizes(expr, operand_shapes, check)
         self.terms = tuple(
-            TermPlan(term, sizes, like, optimize) for term, sizes in zip(terms_of(expr), leg_sizes(expr, self.bindings))
+            TermPlan(term, sizes, like, optimize, _coefficient(term.coefficient, self.bindings))
+            for term, sizes in zip(terms_of(expr), leg_sizes(expr, self.bindings))
         )
         first = self.terms[0]
         self.out_shape = tuple(math.prod(first.sizes[leg] for leg in group) for group in terms_of(expr)[0].open_axis_groups)
@@ -176,7 +175,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "expression": str(self.expr),
-            "sizes": {str(k): v for k, v in self.bindings.items()},
+            "sizes": {str(k): v for k, v in self.bindings.symbols().items()},
             "terms": [
                 {"diagram": str(t.term), "path": [list(p) for p in t.path], "steps": [s.to_dict() for s in t.steps()]}
                 for t in self.terms
@@ -197,6 +196,17 @@ class Plan:
 
     def __repr__(self) -> str:
         return f"<Plan {self.expr} flops={self.flops:,}>"
+
+
+def _coefficient(coefficient: sympy.Expr, bindings: Bindings) -> float:
+    """A term's coefficient as a number, with its size symbols and size expressions bound."""
+    if coefficient.is_number:
+        return float(coefficient)
+    known = {k: sympy.Integer(v) for k, v in bindings.items() if not k.is_Symbol}
+    value = coefficient.xreplace(known).xreplace({k: sympy.Integer(v) for k, v in bindings.symbols().items()})
+    if not value.is_number:
+        raise ValueError(f"coefficient {coefficient} needs values for {sorted(map(str, value.free_symbols))}")
+    return float(value)
 
 
 PLAN_CACHE: LRUCache[Plan] = LRUCache(maxsize=512)
