@@ -74,6 +74,27 @@ class Conv:
         set_(self, "padding_mode", mode)
         set_(self, "bias", bool(self.bias))
 
+    def __str__(self) -> str:
+        name = f"ConvTranspose{self.dims}d" if self.transposed else f"Conv{self.dims}d"
+        parts = [f"{self.in_channels}→{self.out_channels}", f"kernel={_compact(self.kernel_size)}"]
+        for label, value, default in (
+            ("stride", self.stride, 1),
+            ("dilation", self.dilation, 1),
+            ("output_padding", self.output_padding, 0),
+        ):
+            if any(v != default for v in value):
+                parts.append(f"{label}={_compact(value)}")
+        if any(p != (0, 0) for p in self.padding):
+            pads = {p for p in self.padding}
+            parts.append(f"padding={_compact(tuple(p[0] for p in self.padding)) if all(a == b for a, b in pads) else self.padding}")
+        if self.padding_mode is not PaddingMode.ZEROS:
+            parts.append(f"padding_mode={self.padding_mode.value}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if not self.bias:
+            parts.append("bias=False")
+        return f"{name}({', '.join(parts)})"
+
     # ----- the network -------------------------------------------------------------------------
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The convolution's network (independent of the shapes, which are bound later)."""
@@ -152,6 +173,10 @@ def _conv_network(spec: Conv) -> LayerNetwork:
         forward = DiagramSum((conv, bias_term))
         params += ("bias",)
     return LayerNetwork(forward, ("x",), params, shared_legs=o, check_sizes=spec.check_sizes)
+
+
+def _compact(values: tuple[int, ...]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else str(values)
 
 
 def _from_conv_module(module: Any) -> Conv:

@@ -27,6 +27,9 @@ class Linear:
                 raise ValueError(f"{name}={value!r}: expected a positive int")
         object.__setattr__(self, "bias", bool(self.bias))
 
+    def __str__(self) -> str:
+        return f"Linear({self.in_features}→{self.out_features}{'' if self.bias else ', bias=False'})"
+
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The network for inputs with ``len(shape) − 2`` weight-sharing legs (0 if no shape is known)."""
         rank = next((len(shapes[name]) for name in _RANK_SOURCES if name in shapes), 2)
