@@ -82,7 +82,7 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
         tnderiv.PLAN_CACHE.clear()
         tnderiv.per_sample_grad(layer, x_in, g_out)
         cold = 1e3 * (time.perf_counter() - cold_start)
-        warm = _time_ms(lambda: tnderiv.per_sample_grad(layer, x_in, g_out))
+        warm = _time_ms(lambda layer=layer, x_in=x_in, g_out=g_out: tnderiv.per_sample_grad(layer, x_in, g_out))
         print_fn(f"    per-sample gradients: cold {cold:.1f} ms (derive + plan + run), warm {warm:.2f} ms")
     spec = tnderiv.layers.spec_of(layers[1])
     shapes = {"x": tuple(inputs[1].shape), "grad_out": tuple(grads_out[1].shape)}

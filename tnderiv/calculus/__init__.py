@@ -1,7 +1,7 @@
 """Graph surgery and the quantities derived with it."""
 
-from tnderiv.calculus.quantities import QUANTITIES, QuantityKind, derive, parse_quantity, register_quantity
 from tnderiv.calculus.glue import glue, sum_legs
+from tnderiv.calculus.quantities import QUANTITIES, QuantityKind, derive, parse_quantity, register_quantity
 from tnderiv.calculus.surgery import derivative, jvp, vjp
 
 __all__ = ["QUANTITIES", "QuantityKind", "derivative", "derive", "glue", "jvp", "parse_quantity", "register_quantity", "sum_legs", "vjp"]
