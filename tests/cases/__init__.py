@@ -1,0 +1,1 @@
+"""Shared case tables and torch oracles for the tests (never computed with tnderiv)."""
