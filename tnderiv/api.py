@@ -70,6 +70,9 @@ def run_quantity(
     rank_shapes = dict(shapes)
     if output_shape is not None and quantity.startswith("vjp_"):
         rank_shapes.setdefault(quantity[4:], tuple(output_shape))
+    if "tangent" in shapes and quantity.startswith("jvp_"):
+        # the tangent is shaped like the operand: it tells the rank of x (weight-sharing legs of Linear)
+        rank_shapes.setdefault(quantity[4:], shapes["tangent"])
     network = _network(layer, rank_shapes)
     expr = derive(network, quantity)
     needed = expr.operand_names
