@@ -1,9 +1,10 @@
 """tnderiv: neural-network layers as tensor-network diagrams, and everything derived from them."""
 
 from tnderiv.api import diagram, evaluate, forward, jvp, per_sample_grad, plan, vjp
+from tnderiv.api_ggn import GradStats, ggn, grad_stats, loss_hessian_sqrt
 from tnderiv.calculus import QUANTITIES
 from tnderiv.ir import Diagram, DiagramSum
-from tnderiv.layers import Conv, DiagramLayer, Linear
+from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNorm, LayerNorm, Linear, RMSNorm
 from tnderiv.plan import PLAN_CACHE, Plan
 from tnderiv.simplify import simplify
 
@@ -12,17 +13,26 @@ __version__ = "0.1.0"
 __all__ = [
     "PLAN_CACHE",
     "QUANTITIES",
+    "BatchNorm",
     "Conv",
     "Diagram",
     "DiagramLayer",
     "DiagramSum",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "GradStats",
     "Linear",
     "Plan",
+    "RMSNorm",
     "__version__",
     "diagram",
     "evaluate",
     "forward",
+    "ggn",
+    "grad_stats",
     "jvp",
+    "loss_hessian_sqrt",
     "per_sample_grad",
     "plan",
     "simplify",

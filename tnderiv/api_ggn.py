@@ -1,0 +1,243 @@
+"""Public entry points for loss-Hessian square roots, GGN blocks/diagonals/Gram matrices and gradient statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tnderiv.api import _module_params, _network, check_tensors, run_quantity
+from tnderiv.calculus import derive
+from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quantities)
+from tnderiv.calculus.losses import loss_hessian_sqrt
+from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, get_statistic, materialized_half
+from tnderiv.ir import Expression
+from tnderiv.plan.compiled import Plan, get_plan
+
+GGN_KINDS = ("block", "diag", "gram")
+STRATEGIES = ("auto", "glued", "materialize")
+DEFAULT_STATS = ("sum_grad_squared", "batch_l2", "variance", "batch_dot")
+
+
+def ggn(
+    layer: Any,
+    x: Any,
+    sqrt_out: Any,
+    *,
+    param: str = "weight",
+    kind: str = "block",
+    per_sample: bool = False,
+    optimize: Any = "auto",
+    **operands: Any,
+) -> Any:
+    """GGN quantities of ``param`` from a loss-Hessian square root ``sqrt_out`` ``[M, N, *output]``.
+
+    ``kind="block"``: ``[*param.shape, *param.shape]`` (``[N, *param.shape, *param.shape]`` with
+    ``per_sample=True``); ``"diag"``: ``[*param.shape]`` (``[N, *param.shape]``); ``"gram"``: the
+    Gram matrix ``[M, N, M, N]`` of the backpropagated columns (no per-sample form). Other operands
+    of custom layers go by name in ``operands``.
+    """
+    if not isinstance(kind, str) or kind not in GGN_KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {list(GGN_KINDS)}")
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample={per_sample!r}: expected a bool")
+    if per_sample and kind == "gram":
+        raise ValueError("per_sample=True is not defined for kind='gram' (the Gram matrix already has the sample legs [M, N, M, N])")
+    tensors = {"x": x, "sqrt_out": sqrt_out, **operands}
+    network = _network(layer, {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
+    _check_param(param, network.params)
+    quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
+    return run_quantity(layer, quantity, tensors, optimize=optimize)
+
+
+# ----- gradient statistics -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatChoice:
+    """How one statistic of one parameter was computed.
+
+    ``strategy``: ``"glued"`` (the per-sample network contracted with its copy, nothing per-sample
+    stored) or ``"materialize"`` (per-sample gradients first, then the statistic on them).
+    ``glued_flops`` / ``materialize_flops``: the planner's FLOPs of each way on its own (the latter
+    includes computing the per-sample gradients; ``None`` where that way was not planned).
+    ``plans``: the plans that ran (materialize: the per-sample-gradient plan, then the statistic's).
+    """
+
+    stat: str
+    param: str
+    strategy: str
+    glued_flops: int | None
+    materialize_flops: int | None
+    plans: tuple[Plan, ...]
+
+
+@dataclass(frozen=True)
+class GradStats(Mapping[str, Mapping[str, Any]]):
+    """``stats[stat][param]`` → tensor (a mapping), plus how each was computed: ``choices[stat][param]``, ``report()``."""
+
+    tensors: Mapping[str, Mapping[str, Any]]
+    choices: Mapping[str, Mapping[str, StatChoice]]
+
+    def __getitem__(self, stat: str) -> Mapping[str, Any]:
+        try:
+            return self.tensors[stat]
+        except KeyError:
+            raise KeyError(f"statistic {stat!r} was not computed; computed: {sorted(self.tensors)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def strategy(self, stat: str, param: str = "weight") -> str:
+        """``"glued"`` or ``"materialize"``."""
+        return self.choices[stat][param].strategy
+
+    def report(self, *, plans: bool = False) -> str:
+        """One line per statistic and parameter: the strategy and both FLOP counts (``plans=True``: the plans too)."""
+        lines = []
+        for stat, per_param in self.choices.items():
+            for param, c in per_param.items():
+                lines.append(
+                    f"{stat}[{param}]: {c.strategy} (glued flops={_fmt(c.glued_flops)}, "
+                    f"materialize flops={_fmt(c.materialize_flops)})"
+                )
+                if plans:
+                    lines.extend("    " + line for p in c.plans for line in str(p).splitlines())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def grad_stats(
+    layer: Any,
+    x: Any,
+    grad_out: Any,
+    stats: Sequence[str] = DEFAULT_STATS,
+    *,
+    params: Sequence[str] | None = None,
+    strategy: str = "auto",
+    optimize: Any = "auto",
+    **operands: Any,
+) -> GradStats:
+    """Quadratic statistics of the per-sample gradients ``g[n] = ∂(Σ_out grad_out[n]·y[n])/∂param`` (``Σ_n g[n] = ∇``).
+
+    ``sum_grad_squared`` ``[*param]``, ``batch_l2`` ``[N]``, ``variance`` ``[*param]``
+    (``(1/N)Σ g² − ((1/N)Σ g)²``), ``batch_dot`` ``[N, N]``. ``strategy="auto"`` picks, per parameter,
+    the cheaper of contracting the glued network and materializing ``g`` (planner FLOPs); the result's
+    ``choices`` / ``report()`` show the choice and both costs.
+    """
+    names = _check_stats(stats)
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: expected one of {list(STRATEGIES)}")
+    tensors = {"x": x, "grad_out": grad_out, **operands}
+    given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
+    like = check_tensors(given)
+    if like is None:
+        raise ValueError("grad_stats needs tensors")
+    shapes = {k: tuple(v.shape) for k, v in given.items()}
+    network = _network(layer, shapes)
+    if isinstance(params, str):
+        raise TypeError(f"params={params!r}: expected a sequence of parameter names, e.g. [{params!r}]")
+    chosen = network.params if params is None else tuple(params)
+    for name in chosen:
+        _check_param(name, network.params)
+
+    values: dict[str, dict[str, Any]] = {s: {} for s in names}
+    choices: dict[str, dict[str, StatChoice]] = {s: {} for s in names}
+    for param in chosen:
+        psg_expr = derive(network, f"per_sample_grad_{param}")
+        inputs = _inputs(network, psg_expr, given)
+        psg_plan = get_plan(psg_expr, _shapes(psg_expr, inputs), like, optimize, network.check_sizes)
+        glued: dict[str, Plan] = {}
+        mat: dict[str, Plan] = {}
+        for stat in names:
+            if strategy != "materialize":
+                expr = derive(network, f"{stat}_{param}")
+                glued[stat] = get_plan(expr, _shapes(expr, inputs), like, optimize, network.check_sizes)
+            if strategy != "glued":
+                expr = _on_materialized(psg_expr, stat)
+                mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize)
+        use = _choose(names, strategy, psg_plan.flops, glued, mat)
+        psg = psg_plan(inputs) if "materialize" in use.values() else None
+        for stat in names:
+            if use[stat] == "materialize":
+                values[stat][param] = mat[stat]({PER_SAMPLE_GRAD: psg})
+                ran: tuple[Plan, ...] = (psg_plan, mat[stat])
+            else:
+                values[stat][param] = glued[stat](inputs)
+                ran = (glued[stat],)
+            choices[stat][param] = StatChoice(
+                stat,
+                param,
+                use[stat],
+                glued[stat].flops if stat in glued else None,
+                psg_plan.flops + mat[stat].flops if stat in mat else None,
+                ran,
+            )
+    return GradStats(values, choices)
+
+
+def _choose(
+    names: tuple[str, ...], strategy: str, psg_flops: int, glued: Mapping[str, Plan], mat: Mapping[str, Plan]
+) -> dict[str, str]:
+    """Per statistic, glued or materialize: the per-sample gradients are computed at most once and shared."""
+    if strategy != "auto":
+        return dict.fromkeys(names, strategy)
+    all_glued = sum(glued[s].flops for s in names)
+    with_psg = psg_flops + sum(min(glued[s].flops, mat[s].flops) for s in names)
+    if all_glued <= with_psg:
+        return dict.fromkeys(names, "glued")
+    return {s: "glued" if glued[s].flops < mat[s].flops else "materialize" for s in names}
+
+
+@lru_cache(maxsize=256)
+def _on_materialized(psg_expr: Expression, stat: str) -> Expression:
+    """The statistic's diagram on the materialized per-sample gradients (one operand, glued to itself)."""
+    from tnderiv.simplify import simplify
+
+    result = simplify(STATISTICS[stat].build(materialized_half(psg_expr)))
+    assert not isinstance(result, tuple)
+    return result  # type: ignore[return-value]
+
+
+def _inputs(network: Any, expr: Expression, given: dict[str, Any]) -> dict[str, Any]:
+    """The tensors ``expr`` needs (derived operands prepared), raising naming missing ones."""
+    needed = expr.operand_names
+    if network.prepare is not None and any(name in network.derived for name in needed):
+        given = {**given, **network.prepare(given)}
+    missing = [name for name in needed if name not in given]
+    if missing:
+        raise ValueError(f"grad_stats needs {', '.join(f'{name}=...' for name in missing)}")
+    return {name: given[name] for name in needed}
+
+
+def _shapes(expr: Expression, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(inputs[name].shape) for name in expr.operand_names}
+
+
+def _check_stats(stats: Any) -> tuple[str, ...]:
+    if isinstance(stats, str) or not isinstance(stats, Sequence):
+        raise TypeError(f"stats={stats!r}: expected a sequence of statistic names from {sorted(STATISTICS)}")
+    names = tuple(stats)
+    if not names:
+        raise ValueError(f"stats is empty; choose from {sorted(STATISTICS)}")
+    for name in names:
+        get_statistic(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"stats={list(names)} repeats a statistic")
+    return names
+
+
+def _check_param(param: Any, params: Sequence[str]) -> None:
+    if not isinstance(param, str) or param not in params:
+        raise ValueError(f"param={param!r}: unknown parameter; this layer has {list(params)}")
+
+
+def _fmt(flops: int | None) -> str:
+    return "not planned" if flops is None else f"{flops:,}"
+
+
+__all__ = ["DEFAULT_STATS", "GGN_KINDS", "STRATEGIES", "GradStats", "StatChoice", "ggn", "grad_stats", "loss_hessian_sqrt"]
