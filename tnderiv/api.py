@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tnderiv.calculus import derive, parse_quantity
-from tnderiv.ir import Diagram, DiagramSum, Expression
+from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
 from tnderiv.layers.base import LayerNetwork, spec_of
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
 from tnderiv.plan.compiled import Plan, get_plan
 
 PARAMS = ("weight", "bias")
+BUFFERS = ("running_mean", "running_var")  # statistics of normalization modules, used by their forward
 
 
 def _module_params(layer: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -22,7 +24,7 @@ def _module_params(layer: Any, tensors: dict[str, Any]) -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         return tensors
     if isinstance(layer, torch.nn.Module):
-        for name in PARAMS:
+        for name in PARAMS + BUFFERS:
             if tensors.get(name) is None and getattr(layer, name, None) is not None:
                 tensors[name] = getattr(layer, name).detach()
     return tensors
@@ -97,9 +99,12 @@ def evaluate(layer: Any, quantity: str, *, optimize: Any = "auto", **operands: A
     return run_quantity(layer, quantity, operands, optimize=optimize)
 
 
-def forward(layer: Any, x: Any, weight: Any = None, bias: Any = None, *, optimize: Any = "auto") -> Any:
-    """The layer's output ``[N, C_out, *O]`` (``[N, *S, out_features]`` for dense layers)."""
-    return run_quantity(layer, "forward", {"x": x, "weight": weight, "bias": bias}, optimize=optimize)
+def forward(layer: Any, x: Any, weight: Any = None, bias: Any = None, *, optimize: Any = "auto", **operands: Any) -> Any:
+    """The layer's output ``[N, C_out, *O]`` (``[N, *S, out_features]`` for dense layers).
+
+    Other operands go by name in ``operands`` (``running_mean=``, ``running_var=`` of normalization layers).
+    """
+    return run_quantity(layer, "forward", {"x": x, "weight": weight, "bias": bias, **operands}, optimize=optimize)
 
 
 def vjp(
@@ -120,11 +125,12 @@ def vjp(
     ``vjp(spec, "bias", grad_out)``. Other operands of custom layers go by name in ``operands``.
     """
     tensors = {"grad_out": grad_out, "x": x, "weight": weight, "bias": bias, **operands}
-    _check_wrt(layer, "vjp", wrt, tensors)
+    network = _check_wrt(layer, "vjp", wrt, tensors)
     out_shape = tuple(x_shape) if (wrt == "x" and x_shape is not None) else None
     if tensors.get(wrt) is not None:
         out_shape = tuple(tensors[wrt].shape)
-    tensors[wrt] = None
+    if wrt not in network.linearized:  # a linearization depends on the point it is taken at
+        tensors[wrt] = None
     return run_quantity(layer, f"vjp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
 
 
@@ -141,9 +147,28 @@ def jvp(
 ) -> Any:
     """The output's change when operand ``wrt`` moves along ``tangent`` (shaped like ``wrt``): the output's shape."""
     tensors = {"tangent": tangent, "x": x, "weight": weight, "bias": bias, **operands}
-    _check_wrt(layer, "jvp", wrt, tensors)
-    tensors[wrt] = None
-    return run_quantity(layer, f"jvp_{wrt}", tensors, optimize=optimize)
+    network = _check_wrt(layer, "jvp", wrt, tensors)
+    if wrt not in network.linearized:
+        tensors[wrt] = None
+    # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
+    out_shape = _output_shape(network, _module_params(layer, dict(tensors))) if wrt in network.params else None
+    return run_quantity(layer, f"jvp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
+
+
+def _output_shape(network: LayerNetwork, tensors: dict[str, Any]) -> tuple[int, ...] | None:
+    """The forward's output shape as told by the given tensors (running ``prepare`` for derived operands), or None."""
+    from tnderiv.plan.bind import bind_sizes
+
+    given = {k: v for k, v in tensors.items() if v is not None}
+    names = network.forward.operand_names
+    try:
+        if network.prepare is not None and any(n in network.derived and n not in given for n in names):
+            given.update(network.prepare(given))
+        bindings = bind_sizes(network.forward, {n: tuple(given[n].shape) for n in names if n in given})
+    except ValueError:
+        return None
+    term = terms_of(network.forward)[0]
+    return tuple(math.prod(bindings.value(term.sizes[leg]) for leg in axis) for axis in term.open_axis_groups)
 
 
 def per_sample_grad(
@@ -203,10 +228,11 @@ def plan(
     return get_plan(expr, shapes, like, optimize, check)
 
 
-def _check_wrt(layer: Any, kind: str, wrt: str, tensors: Mapping[str, Any]) -> None:
+def _check_wrt(layer: Any, kind: str, wrt: str, tensors: Mapping[str, Any]) -> LayerNetwork:
     if not isinstance(wrt, str):
         raise TypeError(f"wrt must be an operand name (str), got {type(wrt).__name__}")
     shapes = {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")}
     network = _network(layer, shapes)
     if wrt not in network.operands:
         raise ValueError(f"unknown operand {wrt!r} for {kind}; this layer has {list(network.operands)}")
+    return network

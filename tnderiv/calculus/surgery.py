@@ -34,7 +34,7 @@ def vjp(
     """
     _require_operand(expr, wrt)
     terms = [cut for term in terms_of(expr) for cut in _vjp_term(term, wrt, cotangent, tuple(keep_open))]
-    result = make_sum(terms)
+    result = make_sum(_align_open_legs(terms))
     if result is None:
         raise ValueError(f"the diagram does not depend on {wrt!r}")
     return result
@@ -50,7 +50,15 @@ def _vjp_term(term: Diagram, wrt: str, cotangent: str, keep_open: tuple[str, ...
         missing = set(keep_open) - set(term.sizes)
         if missing:
             raise ValueError(f"cannot keep legs {sorted(missing)} open: the diagram has legs {sorted(term.sizes)}")
-        prime = {leg: leg + "'" for leg in term.sizes}
+        # primed names must not collide with the legs the cut leaves open (which keep their names)
+        taken = set(keep_open + target.legs)
+        prime = {}
+        for leg in term.sizes:
+            new = leg + "'"
+            while new in taken:
+                new += "'"
+            prime[leg] = new
+            taken.add(new)
         renamed = term.rename(prime)
         cuts = tuple(delta(prime[leg], leg) for leg in keep_open + target.legs)
         attached = operand(cotangent, *[tuple(prime[leg] for leg in group) for group in term.open_axis_groups])
@@ -93,10 +101,29 @@ def derivative(expr: Expression, wrt: str) -> Expression:
             sizes = {new[leg]: term.sizes[leg] for leg in target.legs}
             groups = tuple(len(g) for g in term.open_axis_groups) + tuple(len(g) for g in target.axis_groups)
             terms.append(term.replace(nodes=nodes, open_legs=open_legs, sizes=sizes, open_groups=_groups(groups)))
-    result = make_sum(terms)
+    result = make_sum(_align_open_legs(terms))
     if result is None:
         raise ValueError(f"the diagram does not depend on {wrt!r}")
     return result
+
+
+def _align_open_legs(terms: list[Diagram]) -> list[Diagram]:
+    """Give every term the open-leg names of the first, by position.
+
+    Product-rule terms (an operand occurring twice) and linearizations whose terms carry the operand
+    on differently named legs cut it at different names; a sum needs one set of names.
+    """
+    if not terms:
+        return terms
+    names = terms[0].open_legs
+    aligned = [terms[0]]
+    for term in terms[1:]:
+        if term.open_legs != names:
+            clash = {leg: term.fresh_leg(leg + "'", taken=names) for leg in term.summed_legs if leg in names}
+            term = term.rename(clash) if clash else term
+            term = term.rename({a: b for a, b in zip(term.open_legs, names) if a != b})
+        aligned.append(term)
+    return aligned
 
 
 def _groups(groups: tuple[int, ...]) -> tuple[int, ...] | None:
