@@ -125,12 +125,12 @@ def vjp(
     ``vjp(spec, "bias", grad_out)``. Other operands of custom layers go by name in ``operands``.
     """
     tensors = {"grad_out": grad_out, "x": x, "weight": weight, "bias": bias, **operands}
-    network = _check_wrt(layer, "vjp", wrt, tensors)
+    _check_wrt(layer, "vjp", wrt, tensors)
     out_shape = tuple(x_shape) if (wrt == "x" and x_shape is not None) else None
     if tensors.get(wrt) is not None:
         out_shape = tuple(tensors[wrt].shape)
-    if wrt not in network.linearized:  # a linearization depends on the point it is taken at
-        tensors[wrt] = None
+    # wrt's own value stays: only what the derived diagram uses is read (a linearization, or an operand
+    # that occurs twice, needs the point the derivative is taken at)
     return run_quantity(layer, f"vjp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
 
 
@@ -148,8 +148,6 @@ def jvp(
     """The output's change when operand ``wrt`` moves along ``tangent`` (shaped like ``wrt``): the output's shape."""
     tensors = {"tangent": tangent, "x": x, "weight": weight, "bias": bias, **operands}
     network = _check_wrt(layer, "jvp", wrt, tensors)
-    if wrt not in network.linearized:
-        tensors[wrt] = None
     # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
     out_shape = _output_shape(network, _module_params(layer, dict(tensors))) if wrt in network.params else None
     return run_quantity(layer, f"jvp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
