@@ -87,6 +87,7 @@ def bind_sizes(
                 raise ValueError(
                     f"cannot tell the size of leg {leg} ({size}) from the shapes given for {sorted(shapes)}"
                 )
+    _check_reachable(bindings, shapes)
     if check is not None:
         check(bindings.symbols())
     for name, shape in shapes.items():
@@ -113,6 +114,52 @@ def _strict_value(bindings: Bindings, size: sympy.Expr) -> int:
     if size.free_symbols <= set(symbols):
         return int(size.xreplace({k: sympy.Integer(v) for k, v in symbols.items()}))
     return bindings.value(size)
+
+
+def _check_reachable(bindings: Bindings, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise if a size given by a shape (``o0`` = 6) is one that no value of its unbound symbol gives.
+
+    A transposed convolution with stride 2 and kernel 3 has odd outputs only; binding the output size
+    alone would otherwise accept an impossible grad_out silently.
+    """
+    by_symbol: dict[sympy.Symbol, list[tuple[sympy.Expr, int]]] = {}
+    known = bindings.symbols()
+    for expr, value in bindings.items():
+        if expr.is_Symbol:
+            continue
+        free = expr.free_symbols - set(known)
+        if len(free) == 1:
+            reduced = expr.xreplace({s: sympy.Integer(v) for s, v in known.items()})
+            by_symbol.setdefault(next(iter(free)), []).append((reduced, int(value)))
+    for symbol, constraints in by_symbol.items():
+        if not _has_solution(symbol, constraints):
+            wanted = " and ".join(f"{expr} = {value}" for expr, value in constraints)
+            raise ValueError(
+                f"impossible sizes in the shapes given for {sorted(shapes)}: no size {symbol} gives {wanted}"
+            )
+
+
+def _has_solution(symbol: sympy.Symbol, constraints: list[tuple[sympy.Expr, int]], limit: int = 1 << 40) -> bool:
+    """Whether one positive integer meets every ``size(symbol) == value`` (layer sizes grow with ``symbol``)."""
+    first, target = constraints[0]
+
+    def at(expr: sympy.Expr, value: int) -> int:
+        return int(expr.xreplace({symbol: sympy.Integer(value)}))
+
+    hi = 1
+    while at(first, hi) < target and hi < limit:
+        hi *= 2
+    lo = max(1, hi // 2)
+    while lo < hi:  # the smallest value reaching the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if at(first, mid) < target else (lo, mid)
+    # the values giving the target form a run as long as a stride; cap it so a flat size cannot spin
+    for candidate in range(lo, lo + 4096):
+        if at(first, candidate) != target:
+            return False
+        if all(at(expr, candidate) == value for expr, value in constraints):
+            return True
+    return True
 
 
 def leg_sizes(expr: Expression, bindings: Bindings) -> list[dict[str, int]]:

@@ -87,11 +87,13 @@ class BatchNorm:
         object.__setattr__(self, "eps", epsilon(self.eps))
         for name in ("affine", "bias", "running_stats"):
             object.__setattr__(self, name, flag(name, getattr(self, name)))
+        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
+        object.__setattr__(self, "bias", self.bias and self.affine)
         _check_dims(self.dims)
 
     @property
     def layer_name(self) -> str:
-        return f"BatchNorm{self.dims or ''}d"
+        return f"BatchNorm{self.dims}d" if self.dims else "BatchNorm"
 
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The network for inputs ``[N, C, *I]`` with ``len(I)`` from ``x`` or ``grad_out`` (else the least rank)."""
@@ -153,11 +155,13 @@ class InstanceNorm:
         object.__setattr__(self, "eps", epsilon(self.eps))
         for name in ("affine", "bias", "running_stats"):
             object.__setattr__(self, name, flag(name, getattr(self, name)))
+        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
+        object.__setattr__(self, "bias", self.bias and self.affine)
         _check_dims(self.dims)
 
     @property
     def layer_name(self) -> str:
-        return f"InstanceNorm{self.dims or ''}d"
+        return f"InstanceNorm{self.dims}d" if self.dims else "InstanceNorm"
 
     @property
     def _fixed_channels(self) -> bool:

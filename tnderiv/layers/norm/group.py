@@ -34,6 +34,8 @@ class GroupNorm:
         object.__setattr__(self, "eps", epsilon(self.eps))
         for name in ("affine", "bias"):
             object.__setattr__(self, name, flag(name, getattr(self, name)))
+        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
+        object.__setattr__(self, "bias", self.bias and self.affine)
 
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The network for inputs ``[N, C, *I]`` with ``len(I)`` from ``x`` or ``grad_out`` (else 0)."""

@@ -62,6 +62,8 @@ class LayerNorm:
         object.__setattr__(self, "eps", epsilon(self.eps))
         for name in ("elementwise_affine", "bias"):
             object.__setattr__(self, name, flag(name, getattr(self, name)))
+        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
+        object.__setattr__(self, "bias", self.bias and self.elementwise_affine)
 
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The network for inputs with ``rank − 1 − len(normalized_shape)`` sequence legs ``s..``."""
