@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import sympy
 
@@ -14,8 +16,35 @@ from tnderiv.ir.legs import Size, as_size
 from tnderiv.ir.nodes import Node, NodeKind, split_groups
 
 
+class Drawable:
+    """Drawing methods shared by diagrams, sums and derivations (they delegate to ``tnderiv.render``)."""
+
+    def to_tikz(self, standalone: bool = False, **options: Any) -> str:
+        """TikZ with its ``\\tikzset`` (``standalone``: a whole document) that compiles with plain pdflatex."""
+        from tnderiv.render import to_tikz
+
+        return to_tikz(self, standalone=standalone, **options)
+
+    def to_svg(self, **options: Any) -> str:
+        """An SVG document, made without TeX. Options: ``pos``, ``hide_unit_legs``, ``mirror``."""
+        from tnderiv.render import to_svg
+
+        return to_svg(self, **options)
+
+    def save(self, path: str | Path, **options: Any) -> Path:
+        """Write ``.tex``, ``.svg``, ``.pdf`` or ``.png`` (the last two need pdflatex and pdftoppm)."""
+        from tnderiv.render import save
+
+        return save(self, path, **options)
+
+    def _repr_svg_(self) -> str:
+        from tnderiv.render import to_svg
+
+        return to_svg(self)
+
+
 @dataclass(frozen=True, eq=False)
-class Diagram:
+class Diagram(Drawable):
     """A tensor network: ``coefficient · Σ_{summed legs} Π nodes``, indexed by ``open_legs``.
 
     ``open_groups`` says how the open legs merge into the result's axes (``None``: one per leg).
@@ -190,7 +219,7 @@ def node_tag(node: Node) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class DiagramSum:
+class DiagramSum(Drawable):
     """A sum of diagrams with the same open legs (normalization Jacobians, layers with a bias)."""
 
     terms: tuple[Diagram, ...]

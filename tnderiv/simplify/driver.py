@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tnderiv.ir import Diagram, Expression, make_sum, terms_of
+from tnderiv.ir.diagram import Drawable
 from tnderiv.simplify.rule import RULES, Rule, get_rule
 
 MAX_STEPS = 10_000
@@ -25,8 +26,8 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Derivation:
-    """The steps of a simplification, printable step by step."""
+class Derivation(Drawable):
+    """The steps of a simplification, printable step by step and drawable as a strip of panels."""
 
     start: Expression
     steps: tuple[Step, ...]
