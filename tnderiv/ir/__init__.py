@@ -3,6 +3,7 @@
 from tnderiv.ir.diagram import Diagram, DiagramSum, Expression, make_sum, node_tag, terms_of
 from tnderiv.ir.legs import Size, as_size, evaluate, size_symbol
 from tnderiv.ir.nodes import (
+    AxisView,
     Node,
     NodeKind,
     PaddingMode,
@@ -15,6 +16,7 @@ from tnderiv.ir.nodes import (
 )
 
 __all__ = [
+    "AxisView",
     "Diagram",
     "DiagramSum",
     "Expression",

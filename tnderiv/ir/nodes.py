@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
+from typing import Any
 
 
 class NodeKind(str, enum.Enum):
@@ -14,6 +16,7 @@ class NodeKind(str, enum.Enum):
     PATTERN = "pattern"  # 0/1 index pattern Π[k, o, i] of one spatial dimension
     ONES = "ones"  # all-ones tensor (a sum or a broadcast)
     SCALAR = "scalar"  # a number with no legs
+    FOLDED = "folded"  # a sub-network of constants contracted into one constant (e.g. Π̄ = Σ_o Π)
 
 
 class PaddingMode(str, enum.Enum):
@@ -53,11 +56,30 @@ class PatternParams:
 
 
 @dataclass(frozen=True)
+class AxisView:
+    """How an operand's legs index one axis of the user's tensor: ``position = offset + Σ stride·index``.
+
+    ``size`` is the length of the user's axis (the legs may read only part of it, e.g. a strided
+    sub-sampling ``(o, k) ↦ o·S + k``); ``strides`` has one entry per leg of the axis group.
+    """
+
+    size: Any  # int or sympy expression
+    strides: tuple[int, ...]
+    offset: int = 0
+
+    def label(self) -> str:
+        return f"{self.size}:{self.offset}+{self.strides}"
+
+
+@dataclass(frozen=True)
 class Node:
     """One tensor of a diagram.
 
     ``legs`` are leg names in axis order. ``groups`` says how an operand's legs merge into the axes
-    of the user's tensor (e.g. ``(1, 2, 1)`` for ``x[n, (g c_in), i0]``); ``None`` means one axis per leg.
+    of the user's tensor (e.g. ``(1, 2, 1)`` for ``x[n, (g c_in), i0]``); ``None`` means one axis per leg;
+    a group of length 0 is a user axis of size 1 without a leg. ``view`` (operands, one entry per
+    axis group, ``None`` = row-major) reads an axis with explicit strides. A ``FOLDED`` node holds in
+    ``network`` the constant diagram it stands for; its legs are that diagram's open legs, in order.
     """
 
     kind: NodeKind
@@ -66,6 +88,8 @@ class Node:
     pattern: PatternParams | None = None
     value: float = 1.0
     groups: tuple[int, ...] | None = None
+    view: tuple[AxisView | None, ...] | None = None
+    network: Any = None  # Diagram of a FOLDED node
 
     def __post_init__(self) -> None:
         if len(set(self.legs)) != len(self.legs):
@@ -78,6 +102,14 @@ class Node:
             raise ValueError("a scalar node has no legs")
         if self.groups is not None and sum(self.groups) != len(self.legs):
             raise ValueError(f"groups {self.groups} do not cover the legs {self.legs} of {self.display_name!r}")
+        if self.view is not None:
+            axes = self.axis_groups
+            if len(self.view) != len(axes) or any(
+                v is not None and len(v.strides) != len(g) for v, g in zip(self.view, axes)
+            ):
+                raise ValueError(f"view {self.view} does not match the axes {axes} of {self.display_name!r}")
+        if self.kind is NodeKind.FOLDED and (self.network is None or len(self.network.open_legs) != len(self.legs)):
+            raise ValueError(f"a folded node needs a constant diagram with open legs matching {self.legs}")
 
     @property
     def display_name(self) -> str:
@@ -89,6 +121,7 @@ class Node:
             NodeKind.PATTERN: "Π",
             NodeKind.ONES: "1",
             NodeKind.SCALAR: f"{self.value:g}",
+            NodeKind.FOLDED: self.name or "C",
         }[self.kind]
 
     @property
@@ -110,11 +143,23 @@ class Node:
             parts.append(repr(self.value))
         if self.groups is not None:
             parts.append(str(self.groups))
+        if self.view is not None:
+            parts.append(",".join("-" if v is None else v.label() for v in self.view))
+        if self.network is not None:
+            parts.append(self.network.canonical_hash)
         return "|".join(parts)
 
     def with_legs(self, legs: tuple[str, ...]) -> Node:
         """The same node on other legs."""
-        return Node(self.kind, legs, self.name, self.pattern, self.value, self.groups)
+        return Node(self.kind, legs, self.name, self.pattern, self.value, self.groups, self.view, self.network)
+
+    def axis_sizes(self, sizes: Any) -> tuple[Any, ...]:
+        """Sizes of the user's axes from leg sizes (a mapping leg → size): products, or the view's size."""
+        out = []
+        views = self.view or (None,) * len(self.axis_groups)
+        for group, view in zip(self.axis_groups, views):
+            out.append(view.size if view is not None else math.prod((sizes[leg] for leg in group), start=1))
+        return tuple(out)
 
 
 def split_groups(legs: tuple[str, ...], groups: tuple[int, ...] | None) -> tuple[tuple[str, ...], ...]:

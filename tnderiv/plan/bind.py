@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import sympy
 
-from tnderiv.ir import Expression, terms_of
+from tnderiv.ir import AxisView, Diagram, Expression, Node, NodeKind, as_size, terms_of
 
 OUTPUT = "output"
 
@@ -46,14 +46,30 @@ class Bindings(dict):
 
 
 def axis_groups_by_name(expr: Expression) -> dict[str, list[tuple[tuple[tuple[str, ...], ...], Mapping[str, sympy.Expr]]]]:
-    """For each operand name (and ``'output'``), its axis groups with the sizes of their legs."""
+    """For each operand name (and ``'output'``), its axis groups with the sizes of their legs.
+
+    An axis read through a view (``Node.view``) appears with the view's size as a pseudo-leg.
+    """
     found: dict[str, list] = {}
     for term in terms_of(expr):
         for node in term.nodes:
-            if node.name:
-                found.setdefault(node.name, []).append((node.axis_groups, term.sizes))
+            if node.kind is NodeKind.OPERAND:
+                found.setdefault(node.name, []).append(_viewed_axes(node, term.sizes))
         found.setdefault(OUTPUT, []).append((term.open_axis_groups, term.sizes))
     return found
+
+
+def _viewed_axes(node: Node, sizes: Mapping[str, sympy.Expr]) -> tuple[tuple[tuple[str, ...], ...], Mapping[str, sympy.Expr]]:
+    if node.view is None:
+        return node.axis_groups, sizes
+    axes, extended = [], dict(sizes)
+    for j, (group, view) in enumerate(zip(node.axis_groups, node.view)):
+        if view is None:
+            axes.append(group)
+        else:
+            extended[f"<axis {j}>"] = as_size(view.size)
+            axes.append((f"<axis {j}>",))
+    return tuple(axes), extended
 
 
 def bind_sizes(
@@ -165,3 +181,26 @@ def _has_solution(symbol: sympy.Symbol, constraints: list[tuple[sympy.Expr, int]
 def leg_sizes(expr: Expression, bindings: Bindings) -> list[dict[str, int]]:
     """Integer sizes of every leg, per term."""
     return [{leg: bindings.value(size) for leg, size in term.sizes.items()} for term in terms_of(expr)]
+
+
+def concrete(term: Diagram, bindings: Mapping[sympy.Expr, int]) -> Diagram:
+    """``term`` with every size (legs, operand views, folded constants) replaced by its integer value."""
+    known = bindings if isinstance(bindings, Bindings) else Bindings(bindings)
+    nodes = tuple(_concrete_node(node, known) for node in term.nodes)
+    sizes = {leg: known.value(size) for leg, size in term.sizes.items()}
+    coefficient = term.coefficient
+    if not coefficient.is_number:
+        coefficient = coefficient.xreplace({k: sympy.Integer(v) for k, v in known.items() if not k.is_Symbol})
+        coefficient = coefficient.xreplace({k: sympy.Integer(v) for k, v in known.symbols().items()})
+    return Diagram(nodes, term.open_legs, sizes, coefficient, term.open_groups)
+
+
+def _concrete_node(node: Node, known: Bindings) -> Node:
+    view, network = node.view, node.network
+    if view is not None:
+        view = tuple(None if v is None else AxisView(known.value(as_size(v.size)), v.strides, v.offset) for v in view)
+    if network is not None:
+        network = concrete(network, known)
+    if view is node.view and network is node.network:
+        return node
+    return Node(node.kind, node.legs, node.name, node.pattern, node.value, node.groups, view, network)

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tnderiv.ir import Node, NodeKind, PaddingMode, PatternParams
+from tnderiv.ir import Diagram, Node, NodeKind, PaddingMode, PatternParams
 
 
 def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
@@ -22,6 +22,8 @@ def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
         return _readonly(np.ones(shape, dtype=np.int8))
     if node.kind is NodeKind.SCALAR:
         return _readonly(np.array(node.value))
+    if node.kind is NodeKind.FOLDED:
+        return folded_array(node.network)
     raise TypeError(f"node {node.display_name!r} of kind {node.kind.value} has no constant value")
 
 
@@ -44,6 +46,19 @@ def pattern_array(params: PatternParams, k_size: int, o_size: int, i_size: int) 
     kk, oo = np.nonzero(valid)
     out[kk, oo, idx[kk, oo]] = 1
     return _readonly(out)
+
+
+@lru_cache(maxsize=256)
+def folded_array(network: Diagram) -> np.ndarray:
+    """The values of a constant-only diagram (its sizes bound to integers), contracted once and cached."""
+    from tnderiv.plan.reference import contract_dense
+
+    sizes = {leg: int(size) for leg, size in network.sizes.items() if size.is_Integer}
+    unbound = set(network.sizes) - set(sizes)
+    if unbound:
+        raise ValueError(f"a folded constant needs bound sizes, but legs {sorted(unbound)} are symbolic: {network}")
+    value = contract_dense(network, {}).reshape(tuple(sizes[leg] for leg in network.open_legs))
+    return _readonly(np.ascontiguousarray(value))
 
 
 @lru_cache(maxsize=256)

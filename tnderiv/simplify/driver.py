@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tnderiv.ir import Diagram, Expression, make_sum, terms_of
-from tnderiv.ir.diagram import Drawable
-from tnderiv.simplify.rule import RULES, Rule, get_rule
+from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, terms_of
+from tnderiv.simplify.check import checking, verify
+from tnderiv.simplify.rule import Rule, get_rule, ordered_rules
 
 MAX_STEPS = 10_000
 
@@ -26,8 +26,8 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Derivation(Drawable):
-    """The steps of a simplification, printable step by step and drawable as a strip of panels."""
+class Derivation:
+    """The steps of a simplification, printable step by step."""
 
     start: Expression
     steps: tuple[Step, ...]
@@ -38,9 +38,19 @@ class Derivation(Drawable):
         return "\n".join(lines + [f"result: {self.result}"])
 
 
-def simplify(expr: Expression, *, trace: bool = False, rules: Sequence[str] | None = None) -> Expression | Derivation:
-    """Rewrite ``expr`` with the named rules (default: all) until none fires; ``trace=True`` returns the steps."""
-    active = [get_rule(name) for name in rules] if rules is not None else list(RULES.values())
+def simplify(
+    expr: Expression, *, trace: bool = False, rules: Sequence[str] | None = None, stage: str = "derive"
+) -> Expression | Derivation:
+    """Rewrite ``expr`` with the named rules (default: all) until none fires; ``trace=True`` returns the steps.
+
+    With the debug switch on (``check_rewrites(True)`` or ``TNDERIV_CHECK_REWRITES=1``) every rewrite is
+    re-checked numerically and a rule that changes the value raises ``RewriteCheckError``.
+    ``stage="plan"`` adds the rules that may rewrite open legs (plans apply them term by term, with
+    bound sizes); on a sum that would leave terms with different open legs, so it needs a diagram.
+    """
+    active = [get_rule(name) for name in rules] if rules is not None else ordered_rules(stage)
+    if isinstance(expr, DiagramSum) and any(r.stage == "plan" for r in active):
+        raise ValueError("plan-stage rules may rewrite a term's open legs; simplify the terms of a sum one at a time")
     terms = list(terms_of(expr))
     steps: list[Step] = []
     for index in range(len(terms)):
@@ -49,6 +59,8 @@ def simplify(expr: Expression, *, trace: bool = False, rules: Sequence[str] | No
             if fired is None:
                 break
             name, rewritten = fired
+            if checking():
+                verify(name, terms[index], rewritten)
             before = _rebuild(terms) if trace else expr
             terms[index] = rewritten
             if trace:

@@ -17,21 +17,43 @@ class Rule:
     name: str
     apply: RuleFunction
     doc: str
+    priority: int = 50
+    stage: str = "derive"
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str) -> Callable[[RuleFunction], RuleFunction]:
-    """Register ``function`` as the rewrite rule ``name`` (its docstring says when it applies)."""
+STAGES = ("derive", "plan")
+
+
+def rule(name: str, *, priority: int = 50, stage: str = "derive") -> Callable[[RuleFunction], RuleFunction]:
+    """Register ``function`` as the rewrite rule ``name`` (its docstring says when it applies).
+
+    The driver tries rules by ascending ``priority`` (then registration order): copy tensors (50)
+    before patterns (55–62), legs (70) and constant folding (80). ``stage="derive"`` rules keep a
+    diagram's open legs (derived diagrams are glued and split by leg name later); ``stage="plan"``
+    rules may also rewrite the open legs (keeping the result's layout) and run only inside a plan.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: expected one of {list(STAGES)}")
 
     def decorate(function: RuleFunction) -> RuleFunction:
         if name in RULES:
             raise ValueError(f"rule {name!r} is registered twice")
-        RULES[name] = Rule(name, function, (function.__doc__ or "").strip())
+        RULES[name] = Rule(name, function, (function.__doc__ or "").strip(), priority, stage)
         return function
 
     return decorate
+
+
+def ordered_rules(stage: str = "derive") -> list[Rule]:
+    """The rules of ``stage`` (``"plan"``: all rules) in the order the driver tries them."""
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: expected one of {list(STAGES)}")
+    order = {name: j for j, name in enumerate(RULES)}
+    chosen = [r for r in RULES.values() if stage == "plan" or r.stage == "derive"]
+    return sorted(chosen, key=lambda r: (r.priority, order[r.name]))
 
 
 def get_rule(name: str) -> Rule:
