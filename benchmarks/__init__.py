@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of tnderiv against its peers: ``python -m benchmarks run`` / ``report``."""
