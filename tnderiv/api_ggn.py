@@ -71,7 +71,7 @@ class StatChoice:
     plans: tuple[Plan, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GradStats(Mapping[str, Mapping[str, Any]]):
     """``stats[stat][param]`` → tensor (a mapping), plus how each was computed: ``choices[stat][param]``, ``report()``."""
 
