@@ -160,3 +160,18 @@ def test_bad_input() -> None:
         tnderiv.ggn(spec, x, s.float())
     with pytest.raises(TypeError, match="per_sample"):
         tnderiv.ggn(spec, x, s, per_sample=1)
+
+
+def test_layer_norm_module() -> None:
+    """Parameters of a normalization layer (a network in the derived operand x̂) get the same quantities."""
+    module = torch.nn.LayerNorm(4, dtype=DT)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        module.weight.copy_(rand(gen, 4))
+        module.bias.copy_(rand(gen, 4))
+    x = rand(gen, 3, 2, 4)
+    s = rand(gen, 2, 3, 2, 4)
+    params = {"weight": module.weight.detach(), "bias": module.bias.detach()}
+    jac = jacobians(lambda ps: F.layer_norm(x, (4,), ps["weight"], ps["bias"]), params, 3)
+    for name in params:
+        check_all(module, x, s, name, jac[name], (4,))

@@ -163,3 +163,28 @@ def test_bad_input() -> None:
         tnderiv.grad_stats(spec, x, g.float())
     with pytest.raises(KeyError, match="was not computed"):
         tnderiv.grad_stats(spec, x, g, ["batch_l2"])["variance"]
+
+
+def test_layer_norm_module() -> None:
+    module = torch.nn.LayerNorm(4, dtype=DT)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        module.weight.copy_(rand(gen, 4))
+        module.bias.copy_(rand(gen, 4))
+    x, g = rand(gen, 3, 2, 4), rand(gen, 3, 2, 4)
+
+    def loss(w: torch.Tensor, b: torch.Tensor, xi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        return (F.layer_norm(xi, (4,), w, b) * gi).sum()
+
+    gw, gb = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))(
+        module.weight.detach(), module.bias.detach(), x, g
+    )
+    for strategy in ("glued", "materialize"):
+        check(tnderiv.grad_stats(module, x, g, strategy=strategy), {"weight": gw, "bias": gb}, ["weight", "bias"])
+
+
+def test_layer_coupling_the_batch_raises() -> None:
+    module = torch.nn.BatchNorm2d(3, dtype=DT)
+    x = torch.randn(4, 3, 2, 2, dtype=DT)
+    with pytest.raises(ValueError, match="couples the samples"):
+        tnderiv.grad_stats(module, x, torch.randn_like(x))
