@@ -209,3 +209,15 @@ def test_bad_tensors_raise_naming_the_argument() -> None:
 def test_instance_norm_without_affine_takes_any_channel_count() -> None:
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     torch.testing.assert_close(tnderiv.forward(tnderiv.InstanceNorm(3), x), torch.nn.functional.instance_norm(x), **TOL)
+
+
+def test_group_norm_single_element_groups() -> None:
+    """One element per statistic: x̂ = 0, the output is the bias and the Jacobian vanishes (torch agrees for N ≥ 2)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    weight, bias = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    spec = tnderiv.GroupNorm(4, 4)
+    torch.testing.assert_close(tnderiv.forward(spec, x, weight, bias), torch.nn.functional.group_norm(x, 4, weight, bias), **TOL)
+    torch.testing.assert_close(tnderiv.forward(spec, x[:1], weight, bias), bias[None], **TOL)
+    dense = jacrev(lambda x: torch.nn.functional.group_norm(x, 4, weight, bias))(x)
+    assert dense.abs().max() == 0
+    torch.testing.assert_close(tnderiv.vjp(spec, "x", torch.randn_like(x), x=x, weight=weight), torch.zeros_like(x), **TOL)
