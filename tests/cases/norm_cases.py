@@ -51,15 +51,29 @@ class NormConfig:
         """The tnderiv spec, built from the raw arguments."""
         f = self.family
         if f == "batch":
-            return tnderiv.BatchNorm(self.channels, eps=self.eps, affine=self.affine, bias=self.bias,
-                                     running_stats=self.running_stats, dims=self.dims)
+            return tnderiv.BatchNorm(
+                self.channels,
+                eps=self.eps,
+                affine=self.affine,
+                bias=self.bias,
+                running_stats=self.running_stats,
+                dims=self.dims,
+            )
         if f == "instance":
-            return tnderiv.InstanceNorm(self.channels, eps=self.eps, affine=self.affine, bias=self.bias,
-                                        running_stats=self.running_stats, dims=self.dims)
+            return tnderiv.InstanceNorm(
+                self.channels,
+                eps=self.eps,
+                affine=self.affine,
+                bias=self.bias,
+                running_stats=self.running_stats,
+                dims=self.dims,
+            )
         if f == "group":
             return tnderiv.GroupNorm(self.groups, self.channels, eps=self.eps, affine=self.affine, bias=self.bias)
         if f == "layer":
-            return tnderiv.LayerNorm(self.normalized_shape, eps=self.eps, elementwise_affine=self.affine, bias=self.bias)
+            return tnderiv.LayerNorm(
+                self.normalized_shape, eps=self.eps, elementwise_affine=self.affine, bias=self.bias
+            )
         if f == "rms":
             return tnderiv.RMSNorm(self.normalized_shape, eps=self.eps, elementwise_affine=self.affine)
         raise ValueError(self.family)
@@ -69,8 +83,10 @@ class NormConfig:
         f, kw = self.family, {"dtype": dtype}
         if f in ("batch", "instance"):
             dims = self.dims or max(1, len(self.x_shape) - 2)
-            cls = {"batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-                   "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)}[f][dims - 1]
+            cls = {
+                "batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+                "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
+            }[f][dims - 1]
             track = True if f == "batch" else self.running_stats
             m = cls(self.channels, eps=self.eps, affine=self.affine, bias=self.bias, track_running_stats=track, **kw)
             m.train(not self.running_stats)
@@ -109,8 +125,9 @@ class NormConfig:
         return out
 
     # ----- the reference -----------------------------------------------------------------------
-    def oracle(self, x: torch.Tensor, weight: Any = None, bias: Any = None, running_mean: Any = None,
-               running_var: Any = None) -> torch.Tensor:
+    def oracle(
+        self, x: torch.Tensor, weight: Any = None, bias: Any = None, running_mean: Any = None, running_var: Any = None
+    ) -> torch.Tensor:
         """torch.nn.functional's output for these arguments."""
         f = self.family
         if f == "batch":

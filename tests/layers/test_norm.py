@@ -142,9 +142,9 @@ def test_training_batchnorm_per_sample_quantities_raise_and_batch_quantities_wor
         tnderiv.per_sample_grad(nn.BatchNorm1d(3).double(), x, grad_out)
     assert spec.network({"x": x.shape}).couples_batch
     assert not tnderiv.BatchNorm(3, running_stats=True).network({}).couples_batch
-    expected = torch.func.grad(lambda w: (torch.nn.functional.batch_norm(x, None, None, w, None, True) * grad_out).sum())(
-        torch.ones(3, dtype=torch.float64)
-    )
+    expected = torch.func.grad(
+        lambda w: (torch.nn.functional.batch_norm(x, None, None, w, None, True) * grad_out).sum()
+    )(torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(tnderiv.vjp(spec, "weight", grad_out, x=x), expected, **TOL)
 
 
@@ -216,8 +216,12 @@ def test_group_norm_single_element_groups() -> None:
     x = torch.randn(3, 4, dtype=torch.float64)
     weight, bias = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     spec = tnderiv.GroupNorm(4, 4)
-    torch.testing.assert_close(tnderiv.forward(spec, x, weight, bias), torch.nn.functional.group_norm(x, 4, weight, bias), **TOL)
+    torch.testing.assert_close(
+        tnderiv.forward(spec, x, weight, bias), torch.nn.functional.group_norm(x, 4, weight, bias), **TOL
+    )
     torch.testing.assert_close(tnderiv.forward(spec, x[:1], weight, bias), bias[None], **TOL)
     dense = jacrev(lambda x: torch.nn.functional.group_norm(x, 4, weight, bias))(x)
     assert dense.abs().max() == 0
-    torch.testing.assert_close(tnderiv.vjp(spec, "x", torch.randn_like(x), x=x, weight=weight), torch.zeros_like(x), **TOL)
+    torch.testing.assert_close(
+        tnderiv.vjp(spec, "x", torch.randn_like(x), x=x, weight=weight), torch.zeros_like(x), **TOL
+    )

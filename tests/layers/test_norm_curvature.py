@@ -64,7 +64,9 @@ def test_ggn_matches_dense_jacobian(config: NormConfig) -> None:
         torch.testing.assert_close(ggn("diag"), torch.einsum("mnp,mnp->p", v, v).reshape(shape), **TOL)
         torch.testing.assert_close(ggn("gram"), torch.einsum("mnp,kjp->mnkj", v, v), **TOL)
         n = x.shape[0]
-        torch.testing.assert_close(ggn("block", True), torch.einsum("mnp,mnq->npq", v, v).reshape((n, *shape, *shape)), **TOL)
+        torch.testing.assert_close(
+            ggn("block", True), torch.einsum("mnp,mnq->npq", v, v).reshape((n, *shape, *shape)), **TOL
+        )
         torch.testing.assert_close(ggn("diag", True), torch.einsum("mnp,mnp->np", v, v).reshape((n, *shape)), **TOL)
 
 

@@ -33,8 +33,14 @@ def channel_configs(draw: st.DrawFn, family: str) -> NormConfig:
         spatial = (*spatial[:-1], 2)
     affine = draw(st.booleans()) if family == "instance" else draw(st.sampled_from([True, True, False]))
     return NormConfig(
-        family, (batch, channels, *spatial), channels=channels, affine=affine, bias=draw(st.booleans()),
-        running_stats=running, eps=draw(EPS), dims=dims,
+        family,
+        (batch, channels, *spatial),
+        channels=channels,
+        affine=affine,
+        bias=draw(st.booleans()),
+        running_stats=running,
+        eps=draw(EPS),
+        dims=dims,
     )
 
 
@@ -48,8 +54,13 @@ def group_configs(draw: st.DrawFn) -> NormConfig:
         # statistic (tnderiv gives x̂ = 0 there: test_group_norm_single_element_groups)
         per_group = 2
     return NormConfig(
-        "group", (batch, groups * per_group, *spatial), channels=groups * per_group, groups=groups,
-        affine=draw(st.booleans()), bias=draw(st.booleans()), eps=draw(EPS),
+        "group",
+        (batch, groups * per_group, *spatial),
+        channels=groups * per_group,
+        groups=groups,
+        affine=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        eps=draw(EPS),
     )
 
 
@@ -60,8 +71,12 @@ def trailing_configs(draw: st.DrawFn, family: str) -> NormConfig:
     shared = tuple(draw(SIZES) for _ in range(draw(st.integers(0, 2))))
     eps = draw(st.one_of(st.none(), EPS)) if family == "rms" else draw(EPS)
     return NormConfig(
-        family, (draw(SIZES), *shared, *normalized), normalized_shape=normalized, affine=draw(st.booleans()),
-        bias=draw(st.booleans()), eps=eps,
+        family,
+        (draw(SIZES), *shared, *normalized),
+        normalized_shape=normalized,
+        affine=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        eps=eps,
     )
 
 

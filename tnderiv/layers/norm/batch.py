@@ -26,14 +26,17 @@ def _check_dims(dims: Any) -> int | None:
     return dims
 
 
-def _check_rank(layer: str, shapes: Shapes, rank: int, source: str | None, ranks: tuple[int, ...] | None, least: int) -> None:
+def _check_rank(
+    layer: str, shapes: Shapes, rank: int, source: str | None, ranks: tuple[int, ...] | None, least: int
+) -> None:
+    """Raise unless ``rank`` is one of ``ranks`` (``None``: any rank ≥ ``least``), naming the operand that told it."""
     if source is None:
         return
-    shape = tuple(shapes[source])
-    allowed = ranks if ranks is not None else None
-    if (allowed is not None and rank not in allowed) or rank < least:
-        expected = " or ".join(f"{r}" for r in allowed) if allowed is not None else f"at least {least}"
-        raise ValueError(f"{source} has shape {shape} with {rank} axes; {layer} expects {expected} axes [N, C, *I]")
+    if (ranks is not None and rank not in ranks) or rank < least:
+        expected = " or ".join(map(str, ranks)) if ranks is not None else f"at least {least}"
+        raise ValueError(
+            f"{source} has shape {tuple(shapes[source])} with {rank} axes; {layer} expects {expected} axes [N, C, *I]"
+        )
 
 
 def _check_channels(layer: str, shapes: Shapes, channels: int) -> None:
@@ -44,8 +47,17 @@ def _check_channels(layer: str, shapes: Shapes, channels: int) -> None:
 
 
 def _channel_structure(
-    name: str, channels: Any, spatial: int, *, affine: bool, bias: bool, eps: float, stats: Stats, stat_legs: tuple[str, ...],
-    couples_batch: bool, min_count_message: str | None,
+    name: str,
+    channels: Any,
+    spatial: int,
+    *,
+    affine: bool,
+    bias: bool,
+    eps: float,
+    stats: Stats,
+    stat_legs: tuple[str, ...],
+    couples_batch: bool,
+    min_count_message: str | None,
 ) -> NormStructure:
     i = tuple(f"i{d}" for d in range(spatial))
     sizes = {"n": size_symbol("N"), "c": channels, **{leg: size_symbol(f"I{d}") for d, leg in enumerate(i)}}
@@ -115,8 +127,12 @@ class BatchNorm:
         # torch normalizes with batch statistics in training mode and whenever no running statistics are kept
         running = not module.training and module.running_mean is not None and module.running_var is not None
         return BatchNorm(
-            module.num_features, eps=module.eps, affine=module.affine, bias=module.bias is not None,
-            running_stats=running, dims=dim,
+            module.num_features,
+            eps=module.eps,
+            affine=module.affine,
+            bias=module.bias is not None,
+            running_stats=running,
+            dims=dim,
         )
 
 
@@ -125,10 +141,18 @@ def _batch_network(spec: BatchNorm, spatial: int) -> LayerNetwork:
     training = not spec.running_stats
     return norm_network(
         _channel_structure(
-            spec.layer_name, spec.num_features, spatial, affine=spec.affine, bias=spec.bias, eps=spec.eps,
-            stats=Stats.MEAN_VAR if training else Stats.RUNNING, stat_legs=("c",), couples_batch=training,
+            spec.layer_name,
+            spec.num_features,
+            spatial,
+            affine=spec.affine,
+            bias=spec.bias,
+            eps=spec.eps,
+            stats=Stats.MEAN_VAR if training else Stats.RUNNING,
+            stat_legs=("c",),
+            couples_batch=training,
             min_count_message=f"{spec.layer_name} with batch statistics needs more than one value per channel"
-            if training else None,
+            if training
+            else None,
         )
     )
 
@@ -184,10 +208,16 @@ class InstanceNorm:
         dims = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
         dim = next((v for t, v in dims.items() if isinstance(module, t)), None)
         if dim is None:
-            raise TypeError(f"InstanceNorm.from_module expects torch.nn.InstanceNorm1d/2d/3d, got {type(module).__name__}")
+            raise TypeError(
+                f"InstanceNorm.from_module expects torch.nn.InstanceNorm1d/2d/3d, got {type(module).__name__}"
+            )
         return InstanceNorm(
-            module.num_features, eps=module.eps, affine=module.affine, bias=module.bias is not None,
-            running_stats=not module.training and module.track_running_stats, dims=dim,
+            module.num_features,
+            eps=module.eps,
+            affine=module.affine,
+            bias=module.bias is not None,
+            running_stats=not module.training and module.track_running_stats,
+            dims=dim,
         )
 
 
@@ -196,9 +226,15 @@ def _instance_network(spec: InstanceNorm, spatial: int) -> LayerNetwork:
     channels = spec.num_features if spec._fixed_channels else size_symbol("C")
     return norm_network(
         _channel_structure(
-            spec.layer_name, channels, spatial, affine=spec.affine, bias=spec.bias, eps=spec.eps,
+            spec.layer_name,
+            channels,
+            spatial,
+            affine=spec.affine,
+            bias=spec.bias,
+            eps=spec.eps,
             stats=Stats.RUNNING if spec.running_stats else Stats.MEAN_VAR,
-            stat_legs=("c",) if spec.running_stats else ("n", "c"), couples_batch=False,
+            stat_legs=("c",) if spec.running_stats else ("n", "c"),
+            couples_batch=False,
             min_count_message=None if spec.running_stats else f"{spec.layer_name} needs more than one spatial element",
         )
     )

@@ -47,7 +47,9 @@ class GroupNorm:
             if len(shape) < 2:
                 raise ValueError(f"{name} has shape {shape} with {len(shape)} axes; GroupNorm expects [N, C, *I]")
             if shape[1] != self.num_channels:
-                raise ValueError(f"{name} has shape {shape}: axis 1 (g c) is {shape[1]}, expected num_channels={self.num_channels}")
+                raise ValueError(
+                    f"{name} has shape {shape}: axis 1 (g c) is {shape[1]}, expected num_channels={self.num_channels}"
+                )
         return _group_network(self, rank - 2)
 
     @staticmethod
@@ -66,7 +68,12 @@ class GroupNorm:
 def _group_network(spec: GroupNorm, spatial: int) -> LayerNetwork:
     i = tuple(f"i{d}" for d in range(spatial))
     g = spec.num_groups
-    sizes = {"n": size_symbol("N"), "g": g, "c": spec.num_channels // g, **{leg: size_symbol(f"I{d}") for d, leg in enumerate(i)}}
+    sizes = {
+        "n": size_symbol("N"),
+        "g": g,
+        "c": spec.num_channels // g,
+        **{leg: size_symbol(f"I{d}") for d, leg in enumerate(i)},
+    }
     structure = NormStructure(
         name="GroupNorm",
         x_axes=(("n",), ("g", "c"), *((leg,) for leg in i)),

@@ -33,7 +33,11 @@ def _trailing_structure(
 ) -> NormStructure:
     s = tuple(f"s{j}" for j in range(shared))
     d = tuple(f"d{j}" for j in range(len(normalized)))
-    sizes = {"n": size_symbol("N"), **{leg: size_symbol(f"S{j}") for j, leg in enumerate(s)}, **dict(zip(d, normalized))}
+    sizes = {
+        "n": size_symbol("N"),
+        **{leg: size_symbol(f"S{j}") for j, leg in enumerate(s)},
+        **dict(zip(d, normalized)),
+    }
     return NormStructure(
         name=name,
         x_axes=tuple((leg,) for leg in ("n", *s, *d)),
@@ -78,7 +82,9 @@ class LayerNorm:
         if not isinstance(module, nn.LayerNorm):
             raise TypeError(f"LayerNorm.from_module expects torch.nn.LayerNorm, got {type(module).__name__}")
         return LayerNorm(
-            tuple(module.normalized_shape), eps=module.eps, elementwise_affine=module.elementwise_affine,
+            tuple(module.normalized_shape),
+            eps=module.eps,
+            elementwise_affine=module.elementwise_affine,
             bias=module.bias is not None,
         )
 
@@ -87,7 +93,12 @@ class LayerNorm:
 def _layer_network(spec: LayerNorm, shared: int) -> LayerNetwork:
     affine = spec.elementwise_affine
     structure = _trailing_structure(
-        "LayerNorm", spec.normalized_shape, shared, weight=affine, bias=affine and spec.bias, eps=spec.eps,
+        "LayerNorm",
+        spec.normalized_shape,
+        shared,
+        weight=affine,
+        bias=affine and spec.bias,
+        eps=spec.eps,
         stats=Stats.MEAN_VAR,
     )
     return norm_network(structure)
@@ -125,7 +136,12 @@ class RMSNorm:
 @lru_cache(maxsize=64)
 def _rms_network(spec: RMSNorm, shared: int) -> LayerNetwork:
     structure = _trailing_structure(
-        "RMSNorm", spec.normalized_shape, shared, weight=spec.elementwise_affine, bias=False, eps=spec.eps,
+        "RMSNorm",
+        spec.normalized_shape,
+        shared,
+        weight=spec.elementwise_affine,
+        bias=False,
+        eps=spec.eps,
         stats=Stats.RMS,
     )
     return norm_network(structure)
