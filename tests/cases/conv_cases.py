@@ -224,6 +224,28 @@ CONV_CASES: dict[str, ConvConfig] = {
         output_padding=(1, 0),
         input_size=(3, 2),
     ),
+    # stride > kernel in a transpose: outputs the kernel never reaches stay zero (found by the sweep)
+    "1d-T-stride-gt-kernel": _c(
+        dims=1,
+        in_channels=1,
+        out_channels=1,
+        kernel_size=(1,),
+        stride=(2,),
+        transposed=True,
+        bias=False,
+        batch=1,
+        input_size=(2,),
+    ),
+    "2d-T-stride-gt-kernel": _c(
+        dims=2,
+        in_channels=2,
+        out_channels=2,
+        kernel_size=(2, 1),
+        stride=(3, 2),
+        transposed=True,
+        output_padding=(2, 1),
+        input_size=(2, 3),
+    ),
     "3d-T": _c(
         dims=3,
         in_channels=2,
