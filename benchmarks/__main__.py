@@ -20,9 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quantities", nargs="+", metavar="Q", help="subset of quantities (default: all)")
     run.add_argument("--layers", nargs="+", metavar="PATTERN", help="layers whose id contains PATTERN or whose category is PATTERN")
     run.add_argument("--impls", nargs="+", metavar="NAME", help="only these implementations (plus each reference)")
-    run.add_argument("--repeat", type=int, default=7, help="timed samples per implementation (median taken; default 7)")
-    run.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls (default 2)")
-    run.add_argument("--budget", type=float, default=3.0, help="seconds of samples per implementation before fewer repeats are taken")
+    run.add_argument("--repeat", type=int, default=7, help="timed samples per implementation (median taken; default 5)")
+    run.add_argument("--warmup", type=int, default=1,
+                     help="untimed warm-up calls after the first (cold) call; the memory-profiled call counts as one (default 1)")
+    run.add_argument("--budget", type=float, default=1.0,
+                     help="seconds of samples per implementation beyond which fewer (≥ 3) samples are taken (default 1)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, torch's default on GPU)")
     run.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on GPU (default off)")
     run.add_argument("--check-batch", type=int, default=2, help="batch size of the float64 correctness check (0: the benchmark's)")

@@ -33,8 +33,8 @@ PEERS = ("torch", "einconv", "unfoldNd", "backpack-for-pytorch", "curvlinops-for
 @dataclass(frozen=True)
 class Settings:
     device: str = "cpu"
-    repeat: int = 7
-    warmup: int = 2
+    repeat: int = 5
+    warmup: int = 1
     threads: int | None = 1
     tf32: bool = False
     check: bool = True
@@ -42,8 +42,8 @@ class Settings:
     memory: bool = True
     overhead: bool = True
     impls: tuple[str, ...] = ()
-    budget_s: float = 3.0
-    min_sample_s: float = 0.01
+    budget_s: float = 1.0
+    min_sample_s: float = 0.005
 
 
 class Progress:
@@ -153,20 +153,23 @@ class Runner:
 
     def measure(self, case: Case, quantity: Quantity, problem: Problem, impls: list[Impl], checks: dict[str, dict[str, Any]]) -> None:
         prepared: dict[str, Prepared] = {}
+        memory: dict[str, int | None] = {}
         for impl in impls:
             entry = checks.get(impl.name)
             if entry is not None and entry["status"] in ("missing", "unsupported", "skipped", "raises"):
                 continue
             try:
                 prepared[impl.name] = _setup(impl, problem)
-                prepared[impl.name].call()
+                prepared[impl.name].call()  # cold: plans, caches, lazy initialization
+                if self.s.memory:  # a warm call under the memory profiler doubles as a warm-up call
+                    memory[impl.name] = peak_memory(prepared[impl.name].call, self.s.device)
             except Exception as error:  # noqa: BLE001
                 status, note = _status_of(error)
                 checks[impl.name] = {"status": status, "note": note, "rel_error": None}
                 prepared.pop(impl.name, None)
         timings = time_interleaved(
             {name: p.call for name, p in prepared.items()},
-            repeat=self.s.repeat, warmup=self.s.warmup, device=self.s.device,
+            repeat=self.s.repeat, warmup=max(0, self.s.warmup - (1 if self.s.memory else 0)), device=self.s.device,
             min_sample_s=self.s.min_sample_s, budget_s=self.s.budget_s,
         ) if prepared else {}
         flops = quantity.flops(case)
@@ -181,8 +184,8 @@ class Runner:
                 record.update(t.to_dict())
                 record["gflops"] = flops / t.median / 1e9
                 record["ratio_vs_reference"] = t.median / ref_time if ref_time else None
-                if self.s.memory:
-                    record["peak_bytes"] = peak_memory(prepared[impl.name].call, self.s.device)
+                if impl.name in memory:
+                    record["peak_bytes"] = memory[impl.name]
             if impl.name == "tnderiv" and quantity.name in tnderiv_impls.PLANNED:
                 try:
                     record["plan"] = tnderiv_impls.plan_facts(problem, quantity.name)
@@ -208,7 +211,7 @@ class Runner:
                 a, b = api(), direct()
                 if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())):
                     raise AssertionError("the direct call and the API disagree")
-                t = time_interleaved({"api": api, "direct": direct}, repeat=max(self.s.repeat, 9), warmup=self.s.warmup,
+                t = time_interleaved({"api": api, "direct": direct}, repeat=max(self.s.repeat, 5), warmup=1,
                                      device=self.s.device, min_sample_s=self.s.min_sample_s, budget_s=self.s.budget_s)
                 entry.update(api_s=t["api"].median, direct_s=t["direct"].median,
                              overhead=t["api"].median / t["direct"].median - 1)

@@ -59,32 +59,35 @@ def time_interleaved(
     repeat: int,
     warmup: int,
     device: str,
-    min_sample_s: float = 0.01,
-    budget_s: float = 3.0,
+    min_sample_s: float = 0.005,
+    budget_s: float = 1.0,
 ) -> dict[str, Timing]:
-    """Warm each call up, then take samples round-robin (rotating the order every round).
+    """``warmup`` untimed calls each, then samples taken round-robin (the order rotates every round).
 
-    Each sample runs a call ``number`` times so that it lasts at least ``min_sample_s``. A call
-    whose ``repeat`` samples would exceed ``budget_s`` gets fewer samples (at least 3, or 1 when a
-    single call exceeds the budget).
+    The first timed call calibrates ``number`` (calls per sample, so that a sample lasts at least
+    ``min_sample_s``) and, when ``number == 1``, is the first sample. Every call gets ``repeat``
+    samples, fewer (but at least 3) when they would take longer than ``budget_s``.
     """
     sync = synchronizer(device)
-    single: dict[str, float] = {}
-    for name, fn in calls.items():
-        for _ in range(max(warmup, 1)):
-            sync()
-            start = time.perf_counter()
+
+    def once(fn: Callable[[], Any]) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    for fn in calls.values():
+        for _ in range(warmup):
             fn()
-            sync()
-            single[name] = time.perf_counter() - start
-    number = {name: max(1, min(100, math.ceil(min_sample_s / max(t, 1e-7)))) for name, t in single.items()}
-    wanted = {}
-    for name, t in single.items():
-        if t > budget_s:
-            wanted[name] = 1
-        else:
-            wanted[name] = max(min(3, repeat), min(repeat, int(budget_s / max(t * number[name], 1e-9))))
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    samples: dict[str, list[float]] = {}
+    number: dict[str, int] = {}
+    wanted: dict[str, int] = {}
+    for name, fn in calls.items():
+        t = once(fn)
+        number[name] = max(1, min(100, math.ceil(min_sample_s / max(t, 1e-7))))
+        samples[name] = [t] if number[name] == 1 else []
+        wanted[name] = max(min(3, repeat), min(repeat, int(budget_s / max(t * number[name], 1e-9))))
     names = list(calls)
     for round_ in range(max(wanted.values(), default=0)):
         shift = round_ % len(names)
@@ -161,7 +164,7 @@ def matmul_peak(device: str, dtype: torch.dtype = torch.float32) -> dict[str, An
     for n in sizes:
         a = torch.randn(n, n, dtype=dtype, device=device)
         b = torch.randn(n, n, dtype=dtype, device=device)
-        t = time_interleaved({"mm": lambda a=a, b=b: a @ b}, repeat=5, warmup=2, device=device, budget_s=2.0)["mm"]
+        t = time_interleaved({"mm": lambda a=a, b=b: a @ b}, repeat=5, warmup=1, device=device, budget_s=2.0)["mm"]
         gflops = 2 * n**3 / t.median / 1e9
         if gflops > best["gflops"]:
             best = {"gflops": gflops, "size": n}

@@ -114,7 +114,6 @@ def _stat(stat: str, strategy: str):
 
 for _stat_name in ("sum_grad_squared", "batch_l2"):
     implementation(_stat_name, "tnderiv", requires="tnderiv")(_stat(_stat_name, "auto"))
-    implementation(_stat_name, "tnderiv-glued", requires="tnderiv")(_stat(_stat_name, "glued"))
     implementation(_stat_name, "tnderiv-materialize", requires="tnderiv")(_stat(_stat_name, "materialize"))
 
 
