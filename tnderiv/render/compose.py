@@ -47,7 +47,7 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
         if index or negative:
             pieces.append(_text("-" if negative else "+", "−" if negative else "+", TextRole.OPERATOR))
         if magnitude != 1:
-            pieces.append(_text(sympy.latex(magnitude), _plain(magnitude), TextRole.COEFFICIENT))
+            pieces.append(_coefficient(magnitude))
         for piece in pieces:
             x += TERM_GAP if picture.shapes or x else 0.0
             picture = picture.merged(Picture(texts=(_at(piece, x + piece.width / 2, 0.0),)))
@@ -57,6 +57,16 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
         picture = picture.merged(body.translate(x - box.x0, -(box.y0 + box.y1) / 2))
         x += box.width
     return picture
+
+
+def _coefficient(value: sympy.Expr) -> Text:
+    """A coefficient in TeX (fractions stacked, so as wide as the wider of numerator and denominator)."""
+    text = _text(sympy.latex(value), _plain(value), TextRole.COEFFICIENT)
+    numerator, denominator = sympy.fraction(value)
+    if denominator != 1:
+        widths = [Label(_plain(part), italic=False).width(OPERAND_PT) for part in (numerator, denominator)]
+        text = Text(text.tex, text.plain, text.center, max(widths) + 0.1, text.height, text.role)
+    return text
 
 
 def _plain(value: sympy.Expr) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 Point = tuple[float, float]
 
@@ -138,13 +139,28 @@ class Curve:
 
         return Curve(move(self.start), tuple(tuple(move(p) for p in seg) for seg in self.segments))
 
+    @cached_property
+    def _polyline(self) -> tuple[Point, ...]:
+        """Corners of the path, or samples along it where it curves."""
+        if all(len(segment) == 1 for segment in self.segments):
+            return (self.start,) + tuple(segment[0] for segment in self.segments)
+        return tuple(self.points(16))
+
+    @cached_property
+    def _extent(self) -> Box:
+        pts = self._polyline
+        return Box(min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts))
+
     def hits(self, box: Box) -> bool:
-        pts = self.points(16)
+        """True when the path passes through the box's interior."""
+        extent = self._extent
+        if extent.x1 < box.x0 or box.x1 < extent.x0 or extent.y1 < box.y0 or box.y1 < extent.y0:
+            return False
+        pts = self._polyline
         return any(box.hits_segment(a, b) for a, b in zip(pts, pts[1:]))
 
     def box(self) -> Box:
-        pts = self.points(12)
-        return Box(min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts))
+        return self._extent
 
 
 def lerp(a: Point, b: Point, t: float) -> Point:

@@ -29,7 +29,10 @@ DOT = 0.12  # diameter of delta and hyperedge dots
 ONES = 0.34  # diameter of a ones node
 
 # column of an operand by its role (unknown names count as inputs)
-ROLE_RANK = {"x": 0.0, "x_hat": 0.0, "tangent": 0.0, "weight": 2.0, "bias": 2.0, "grad_out": 3.0, "S": 3.0}
+ROLE_RANK = {
+    "x": 0.0, "x_hat": 0.0, "tangent": 0.0, "inv_std": 1.5, "weight": 2.0, "bias": 2.0,
+    "grad_out": 3.0, "sqrt_out": 3.0, "S": 3.0,
+}  # fmt: skip
 PATTERN_RANK = 1.0
 
 PosKey = int | str
@@ -385,35 +388,35 @@ def _place_dots(state: _State, ends: dict[str, list[str]], pins: dict[str, Point
 
 
 def _free_spot(state: _State, bary: Point, keys: list[str], leg: str) -> Point:
+    """The spot near ``bary`` for a hyperedge dot: clear of shapes, edges and room kept for stubs."""
     best, best_score = bary, math.inf
     on_axis = any(state.half.values()) and abs(bary[1]) < 1e-6
     edges = _straight_edges(state, exclude=leg)
     zones = _stub_zones(state)
     spokes = [(s.center, state.shapes[k].center) for s in state.shapes.values() if s.kind is ShapeKind.HYPEREDGE
               for k in state.dot_ends[s.key]]  # fmt: skip
+    keep_clear = [s.box.inflate(0.3) for s in state.shapes.values()]
+    dots = [s.center for s in state.shapes.values() if s.kind is ShapeKind.HYPEREDGE]
+    ends = [state.shapes[k].center for k in keys]
+    walls = [(s.key, s.box.inflate(0.05)) for s in state.shapes.values() if not s.is_dot]
     for step in range(8):
         r = 0.4 * step
         for direction in DIRECTIONS_8 if step else ((0.0, 0.0),):
             p = (bary[0] + r * direction[0], bary[1] + r * direction[1])
             score = r + (0.6 if on_axis and direction[1] else 0.0)
-            for shape in state.shapes.values():
-                if shape.box.inflate(0.3).contains(p):
-                    score += 100
-                elif shape.kind is ShapeKind.HYPEREDGE and distance(shape.center, p) < 0.45:
-                    score += 100
+            score += 100 * sum(box.contains(p) for box in keep_clear)
+            score += 100 * sum(distance(c, p) < 0.45 for c in dots)
+            if score >= best_score:
+                continue
             score += 20 * sum(1 for a, b in edges if segment_distance(p, a, b) < 0.15)
             for a, b in spokes:
-                score += 6 * sum(_segments_cross(a, b, state.shapes[k].center, p) for k in keys)
+                score += 6 * sum(_segments_cross(a, b, e, p) for e in ends)
             for zone in zones:
-                score += 50 * zone.contains(p) + 3 * sum(zone.hits_segment(state.shapes[k].center, p) for k in keys)
-            for k in keys:
-                a = state.shapes[k].center
-                score += 4 * sum(
-                    1 for other in state.shapes.values()
-                    if other.key != k and not other.is_dot and other.box.inflate(0.05).hits_segment(a, p)
-                )  # fmt: skip
+                score += 50 * zone.contains(p) + 3 * sum(zone.hits_segment(e, p) for e in ends)
+            for k, e in zip(keys, ends):
+                score += 4 * sum(1 for key, wall in walls if key != k and wall.hits_segment(e, p))
             if _is_open(state, leg) and score < best_score:
-                own = [(state.shapes[k].center, p) for k in keys]
+                own = [(e, p) for e in ends]
                 score += _open_stub_cost(state, p, edges + own + spokes, leg)
             if score < best_score - 1e-9:
                 best, best_score = p, score
@@ -626,8 +629,13 @@ def _center_curve(state: _State, route: _Route) -> Curve:
 
 
 def _crosses(curve: Curve, segment: Curve) -> bool:
-    pts = curve.points(12)
+    pts = curve._polyline
     s0, s1 = segment.start, segment.end
+    extent = curve.box()
+    if max(s0[0], s1[0]) < extent.x0 or min(s0[0], s1[0]) > extent.x1:
+        return False
+    if max(s0[1], s1[1]) < extent.y0 or min(s0[1], s1[1]) > extent.y1:
+        return False
     return any(_segments_cross(p, q, s0, s1) for p, q in zip(pts, pts[1:]))
 
 
