@@ -2,6 +2,7 @@
 
 from tnderiv.api import diagram, evaluate, forward, jvp, per_sample_grad, plan, vjp
 from tnderiv.api_ggn import GradStats, ggn, grad_stats, loss_hessian_sqrt
+from tnderiv.api_kfac import KFAC, kfac, kfac_factors_input, kfac_factors_output
 from tnderiv.calculus import QUANTITIES
 from tnderiv.ir import Diagram, DiagramSum
 from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNorm, LayerNorm, Linear, RMSNorm
@@ -20,6 +21,7 @@ __all__ = [
     "DiagramSum",
     "GroupNorm",
     "InstanceNorm",
+    "KFAC",
     "LayerNorm",
     "GradStats",
     "Linear",
@@ -32,6 +34,9 @@ __all__ = [
     "ggn",
     "grad_stats",
     "jvp",
+    "kfac",
+    "kfac_factors_input",
+    "kfac_factors_output",
     "loss_hessian_sqrt",
     "per_sample_grad",
     "plan",

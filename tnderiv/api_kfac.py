@@ -1,0 +1,547 @@
+"""Public KFAC entry points: factors derived from the layer's diagram, and the Kronecker operator they define.
+
+Conventions (docs/conventions.md): ``A`` is the input-side factor ``[G, d_in, d_in]`` (an average over
+samples, and over positions for expand), ``G`` the output-side factor ``[G, d_out, d_out]`` (a sum,
+rescaled by ``loss_average`` for output gradients). Per group ``g`` the weight block of the curvature is
+``G[g] ⊗ A[g]`` on the weight rows ``[d_out, d_in]`` flattened row-major (``kron(G, A)``), blocks for
+different groups are zero. ``to_dense()`` and ``matvec`` use the order ``weight.flatten()`` then
+``bias.flatten()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import opt_einsum as oe
+import sympy
+
+from tnderiv.api import _network, check_tensors
+from tnderiv.calculus.kfac import (
+    INPUT_HALF,
+    Approx,
+    BiasMode,
+    Factor,
+    KFACSplit,
+    bias_input_factors,
+    input_factor,
+    output_factor,
+    parse_loss_average,
+)
+from tnderiv.ir import Diagram, terms_of
+from tnderiv.layers.base import LayerNetwork
+from tnderiv.plan.bind import Bindings, bind_sizes
+from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.constants import constant_array
+
+# ----- evaluating factors ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """A factor's compiled plans (the whole network, or its half then the Gram on the evaluated half) and
+    the sizes of the split's legs, bound from the user's tensors before anything runs."""
+
+    factor: Factor
+    plans: list[Plan]
+    operands: dict[str, Any]
+    bindings: Bindings
+    sizes: dict[str, int]
+
+    def run(self) -> tuple[Any, Any]:
+        """``(factor, evaluated half or None)``."""
+        first = self.plans[0](self.operands)
+        if len(self.plans) == 1:
+            return first, None
+        return self.plans[1]({self.factor.half_name: first}), first
+
+
+def _two_stage(half: Diagram) -> bool:
+    """Contract the half once, then its Gram, unless the half is a bare operand."""
+    return len(half.nodes) > 1 or bool(half.summed_legs) or half.coefficient != 1
+
+
+def _prepare(factor: Factor, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any, keep_half: bool) -> _Prepared:
+    names = factor.source.operand_names
+    bindings = bind_sizes(factor.source, {name: tuple(tensors[name].shape) for name in names}, check)
+    sizes = {leg: bindings.value(size) for leg, size in factor.source.sizes.items()}
+    operands = {name: tensors[name] for name in names}
+    if factor.half is not None and factor.gram is not None and (keep_half or _two_stage(factor.half)):
+        first = _plan(factor.half, operands, like, optimize, check)
+        shape = tuple(sizes[leg] for leg in factor.half_legs)
+        second = get_plan(_bound(factor.gram, factor, bindings, sizes), {factor.half_name: shape}, like, optimize)
+        return _Prepared(factor, [first, second], operands, bindings, sizes)
+    glued = _bound(factor.glued, factor, bindings, sizes)
+    return _Prepared(factor, [_plan(glued, operands, like, optimize, check)], operands, bindings, sizes)
+
+
+def _plan(expr: Diagram, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any) -> Plan:
+    shapes = {name: tuple(tensors[name].shape) for name in expr.operand_names}
+    return get_plan(expr, shapes, like, optimize, check)
+
+
+def _number(expr: sympy.Expr, bindings: Bindings) -> sympy.Expr:
+    """``expr`` with its sizes bound: an exact number."""
+    known = {k: sympy.Integer(v) for k, v in bindings.items() if not k.is_Symbol}
+    value = expr.xreplace(known).xreplace({k: sympy.Integer(v) for k, v in bindings.symbols().items()})
+    assert value.is_number, f"{expr} is not a number with sizes {bindings}"
+    return value
+
+
+def _bound(diagram: Diagram, factor: Factor, bindings: Bindings, sizes: Mapping[str, int]) -> Diagram:
+    """``diagram`` with its coefficient a number: the factor's scale from the bound leg sizes (it may count
+    positions the evaluated half no longer has), the rest from the size symbols."""
+    rest = diagram.coefficient / factor.scale.expr(factor.source.sizes)
+    value = _number(rest, bindings) * factor.scale.value(sizes)
+    return diagram.replace(coefficient=value)
+
+
+def _constant(diagram: Diagram, bindings: Bindings, like: Any) -> Any:
+    """A diagram without operands (e.g. a bias's input half glued to itself), evaluated for bound sizes."""
+    import torch
+
+    coefficient = float(_number(diagram.coefficient, bindings))
+    if not diagram.nodes:
+        return torch.tensor(coefficient, dtype=like.dtype, device=like.device)
+    sizes = {leg: bindings.value(size) for leg, size in diagram.sizes.items()}
+    symbol = {leg: oe.get_symbol(i) for i, leg in enumerate(diagram.sizes)}
+    equation = ",".join("".join(symbol[leg] for leg in n.legs) for n in diagram.nodes) + "->" + "".join(symbol[leg] for leg in diagram.open_legs)
+    value = oe.contract(equation, *(constant_array(n, sizes).astype(np.float64) for n in diagram.nodes)) * coefficient
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _prod(sizes: Mapping[str, int], legs: Sequence[str]) -> int:
+    return math.prod(sizes[leg] for leg in legs)
+
+
+# ----- the Kronecker operator ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How the entries of a parameter map to a block ``[G, d_out, d_in]`` (``d_in = 1`` for a bias)."""
+
+    name: str
+    shape: tuple[int, ...]
+    leg_shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    blocks: tuple[int, int, int]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_blocks(self, v: Any) -> Any:
+        """``v`` shaped like the parameter → ``[G, d_out, d_in]``."""
+        return v.reshape(self.leg_shape).permute(self.perm).reshape(self.blocks)
+
+    def from_blocks(self, b: Any) -> Any:
+        """``[G, d_out, d_in]`` → shaped like the parameter."""
+        permuted = tuple(self.leg_shape[p] for p in self.perm)
+        inverse = tuple(int(i) for i in np.argsort(self.perm))
+        return b.reshape(permuted).permute(inverse).reshape(self.shape)
+
+
+def _layout(split: KFACSplit, sizes: Mapping[str, int]) -> ParamLayout:
+    legs = split.param_legs
+    leg_shape = tuple(sizes[leg] for leg in legs)
+    order = (*split.group_legs, *split.output_legs, *split.input_legs)
+    perm = tuple(legs.index(leg) for leg in order)
+    shape, start = [], 0
+    for length in split.param_groups:
+        shape.append(math.prod(leg_shape[start : start + length]))
+        start += length
+    blocks = (_prod(sizes, split.group_legs), _prod(sizes, split.output_legs), _prod(sizes, split.input_legs))
+    return ParamLayout(split.param, tuple(shape), leg_shape, perm, blocks)
+
+
+@dataclass(frozen=True)
+class KroneckerBlock:
+    """``left ⊗ right`` per group on the parameters ``layouts`` (joined along ``d_in``).
+
+    With ``weights`` (``[G, d_out, d_in]``) the block is ``(left ⊗ right) diag(weights) (left ⊗ right)ᵀ``
+    (an eigendecomposition: how inverses are stored).
+    """
+
+    layouts: tuple[ParamLayout, ...]
+    left: Any
+    right: Any
+    weights: Any = None
+
+    def apply(self, v: Any) -> Any:
+        """``[G, d_out, d_in]`` → the block times ``v``, same shape."""
+        if self.weights is None:
+            return self.left @ v @ self.right.transpose(-1, -2)
+        inner = self.left.transpose(-1, -2) @ v @ self.right
+        return self.left @ (self.weights * inner) @ self.right.transpose(-1, -2)
+
+    def dense(self) -> Any:
+        """``[G, d_out·d_in, d_out·d_in]``."""
+        import torch
+
+        g, a, b = self.left.shape[0], self.left.shape[-1], self.right.shape[-1]
+        kron = torch.einsum("gij,gkl->gikjl", self.left, self.right).reshape(g, a * b, a * b)
+        if self.weights is None:
+            return kron
+        return kron @ (self.weights.reshape(g, -1, 1) * kron.transpose(-1, -2))
+
+
+@dataclass(frozen=True)
+class KroneckerOperator:
+    """A block-diagonal operator on ``(weight, bias)`` made of Kronecker blocks."""
+
+    blocks: tuple[KroneckerBlock, ...]
+    params: tuple[ParamLayout, ...]
+
+    @property
+    def numel(self) -> int:
+        """Number of parameters the operator acts on."""
+        return sum(p.numel for p in self.params)
+
+    def matvec(self, v: Any) -> Any:
+        """The operator times ``v``: a flat ``[P]`` vector (``weight.flatten()`` then ``bias``) or a dict by name."""
+        tensors = self._split(v)
+        out: dict[str, Any] = {}
+        for block in self.blocks:
+            parts = [layout.to_blocks(tensors[layout.name]) for layout in block.layouts]
+            import torch
+
+            result = block.apply(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
+            start = 0
+            for layout in block.layouts:
+                width = layout.blocks[2]
+                out[layout.name] = layout.from_blocks(result[..., start : start + width])
+                start += width
+        if isinstance(v, Mapping):
+            return out
+        return _cat_flat([out[p.name] for p in self.params])
+
+    def __matmul__(self, v: Any) -> Any:
+        return self.matvec(v)
+
+    def to_dense(self) -> Any:
+        """The dense ``[P, P]`` matrix (small layers only)."""
+        import torch
+
+        first = self.blocks[0].left
+        dense = torch.zeros(self.numel, self.numel, dtype=first.dtype, device=first.device)
+        offsets = dict(zip((p.name for p in self.params), np.cumsum([0] + [p.numel for p in self.params]).tolist()))
+        for block in self.blocks:
+            parts = []
+            for layout in block.layouts:
+                index = torch.arange(offsets[layout.name], offsets[layout.name] + layout.numel, device=first.device)
+                parts.append(layout.to_blocks(index))
+            index = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+            flat = index.reshape(index.shape[0], -1)
+            values = block.dense()
+            for g in range(flat.shape[0]):
+                dense[flat[g][:, None], flat[g][None, :]] = values[g]
+        return dense
+
+    def _split(self, v: Any) -> dict[str, Any]:
+        if isinstance(v, Mapping):
+            unknown = set(v) - {p.name for p in self.params}
+            missing = {p.name for p in self.params} - set(v)
+            if unknown or missing:
+                raise ValueError(f"v has entries {sorted(v)}; expected exactly {[p.name for p in self.params]}")
+            for p in self.params:
+                if tuple(v[p.name].shape) != p.shape:
+                    raise ValueError(f"v[{p.name!r}] has shape {tuple(v[p.name].shape)}; expected {p.shape}")
+            return dict(v)
+        if not hasattr(v, "shape") or tuple(v.shape) != (self.numel,):
+            shape = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
+            raise ValueError(f"v has shape {shape}; expected a flat vector [{self.numel}] or a dict {{name: tensor}}")
+        out, start = {}, 0
+        for p in self.params:
+            out[p.name] = v[start : start + p.numel].reshape(p.shape)
+            start += p.numel
+        return out
+
+
+def _cat_flat(tensors: Sequence[Any]) -> Any:
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+@dataclass(frozen=True)
+class KFAC(KroneckerOperator):
+    """KFAC of a layer: ``A`` ``[G, d_in, d_in]``, ``G`` ``[G, d_out, d_out]`` and, for ``bias="separate"``,
+    ``A_bias`` ``[G, 1, 1]`` and ``G_bias`` ``[G, d_out, d_out]`` (``None`` without a bias).
+
+    The weight block is ``G[g] ⊗ A[g]`` per group (``bias="append"``: on ``[weight | bias]`` rows,
+    ``A`` then has ``d_in + 1`` rows). ``plans`` are the compiled plans that ran, by factor name.
+    """
+
+    A: Any = None
+    G: Any = None
+    A_bias: Any = None
+    G_bias: Any = None
+    approx: str = "expand"
+    bias: str = "separate"
+    plans: Mapping[str, tuple[Plan, ...]] = field(default_factory=dict)
+
+    def inverse(self, damping: float = 0.0, *, damp: str = "exact") -> KroneckerOperator:
+        """``(KFAC + damping·I)⁻¹`` (``damp="exact"``) or ``(A + √δ I)⁻¹ ⊗ (G + √δ I)⁻¹`` per block
+        (``damp="factors"``), from eigendecompositions of the factors."""
+        import torch
+
+        if not isinstance(damping, (int, float)) or isinstance(damping, bool) or damping < 0:
+            raise ValueError(f"damping={damping!r}: expected a non-negative number")
+        if damp not in ("exact", "factors"):
+            raise ValueError(f"damp={damp!r} is not supported; expected 'exact' or 'factors'")
+        blocks = []
+        for block in self.blocks:
+            sigma, left = torch.linalg.eigh(block.left)
+            lam, right = torch.linalg.eigh(block.right)
+            if damp == "exact":
+                weights = 1.0 / (sigma[:, :, None] * lam[:, None, :] + damping)
+            else:
+                root = math.sqrt(damping)
+                weights = 1.0 / ((sigma[:, :, None] + root) * (lam[:, None, :] + root))
+            blocks.append(KroneckerBlock(block.layouts, left, right, weights))
+        return KroneckerOperator(tuple(blocks), self.params)
+
+
+# ----- public functions ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Side:
+    """One side (input or output) of KFAC: its split and prepared factor (and, for ``bias="append"``,
+    the plan of the weight–bias cross term on the evaluated input half)."""
+
+    split: KFACSplit
+    prepared: _Prepared
+    own_legs: tuple[str, ...]
+    half_open: tuple[str, ...]
+    cross: Plan | None = None
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.prepared.sizes
+
+    def evaluate(self) -> tuple[Any, Any, Any]:
+        """``(factor [G, d, d], half [*lead, G, d] or None, the half as evaluated)``."""
+        value, raw = self.prepared.run()
+        sizes = self.sizes
+        groups = _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open])
+        d = _prod(sizes, self.own_legs)
+        half = None
+        if raw is not None:
+            own = set(self.split.group_legs) | set(self.own_legs)
+            lead = [sizes[leg] for leg in self.prepared.factor.half_legs if leg not in own]
+            half = raw.reshape(*lead, groups, d)
+        return value.reshape(groups, d, d), half, raw
+
+
+def _input_side(network: LayerNetwork, x: Any, approx: Approx, bias: BiasMode, optimize: Any, keep_half: bool) -> _Side:
+    split, factor = input_factor(network, approx)
+    append = bias is BiasMode.APPEND and "bias" in network.params
+    prepared = _prepare(factor, {"x": x}, x, optimize, network.check_sizes, keep_half or append)
+    cross = None
+    if append:
+        _, cross_factor, _ = bias_input_factors(network, approx)
+        shape = tuple(prepared.sizes[leg] for leg in cross_factor.half_legs)
+        gram = _bound(cross_factor.gram, cross_factor, prepared.bindings, prepared.sizes)  # type: ignore[arg-type]
+        cross = get_plan(gram, {cross_factor.half_name: shape}, x, optimize)
+    return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross)
+
+
+def _output_side(
+    network: LayerNetwork, grad_out: Any, approx: Approx, loss_average: str | None, sqrt: bool, optimize: Any, keep_half: bool, param: str = "weight"
+) -> _Side:
+    split, factor = output_factor(network, approx, loss_average, sqrt, param)
+    tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
+    prepared = _prepare(factor, tensors, grad_out, optimize, network.check_sizes, keep_half)
+    return _Side(split, prepared, split.output_legs, split.output_half.open_legs)
+
+
+@dataclass
+class _InputResult:
+    A: Any
+    A_bias: Any
+    a: Any
+    plans: dict[str, tuple[Plan, ...]]
+
+
+def _finish_inputs(network: LayerNetwork, side: _Side, x: Any, approx: Approx) -> _InputResult:
+    """Run the input side; for a layer with a bias add ``A_bias`` (separate) or the ones row/column (append)."""
+    A, a, raw = side.evaluate()
+    plans = {"A": tuple(side.prepared.plans)}
+    A_bias = None
+    if "bias" in network.params:
+        groups = A.shape[0]
+        _, _, own = bias_input_factors(network, approx)
+        corner = _constant(own.glued, side.prepared.bindings, x).reshape(1, 1, 1).expand(groups, 1, 1)
+        if side.cross is not None:
+            A_wb = side.cross({INPUT_HALF: raw}).reshape(groups, -1, 1)
+            plans["A_weight_bias"] = (side.cross,)
+            A = _cat([_cat([A, A_wb], -1), _cat([A_wb.transpose(-1, -2), corner], -1)], -2)
+            if a is not None:
+                a = _cat([a, a.new_ones(*a.shape[:-1], 1)], -1)
+        else:
+            A_bias = corner.clone()
+    return _InputResult(A, A_bias, a, plans)
+
+
+def _cat(tensors: Sequence[Any], dim: int) -> Any:
+    import torch
+
+    return torch.cat(list(tensors), dim=dim)
+
+
+def _output_rank(network: LayerNetwork) -> int:
+    return len(terms_of(network.forward)[0].open_axis_groups)
+
+
+def _is_sqrt(network: LayerNetwork, grad_out: Any, hessian_sqrt: bool | None) -> bool:
+    rank = _output_rank(network)
+    if hessian_sqrt is not None:
+        expected = rank + 1 if hessian_sqrt else rank
+        if grad_out.ndim != expected:
+            what = "a loss-Hessian square root [M, N, *output]" if hessian_sqrt else "an output gradient [N, *output]"
+            raise ValueError(f"grad_out has shape {tuple(grad_out.shape)}; {what} needs {expected} axes for this layer")
+        return hessian_sqrt
+    if grad_out.ndim == rank:
+        return False
+    if grad_out.ndim == rank + 1:
+        return True
+    raise ValueError(
+        f"grad_out has shape {tuple(grad_out.shape)}; expected the output gradient with {rank} axes [N, *output] "
+        f"or a loss-Hessian square root with {rank + 1} axes [M, N, *output]"
+    )
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: expected a bool")
+
+
+def kfac_factors_input(
+    layer: Any, x: Any, approx: str = "expand", *, bias: str = "separate", unreduced: bool = False, optimize: Any = "auto"
+) -> Any:
+    """The input-side factor ``A`` ``[G, d_in, d_in]`` (``d_in + 1`` with ``bias="append"`` on a layer with a bias).
+
+    expand: ``A = 1/(N·S) Σ_{n,s} a aᵀ`` over samples and the ``S`` weight-sharing positions; reduce:
+    ``A = 1/N Σ_n ā āᵀ`` with ``ā`` the average of ``a`` over positions. ``unreduced=True`` returns
+    ``(A, a)`` with ``a`` ``[N, *S, G, d_in]`` (expand: the unfolded input) or ``[N, G, d_in]`` (reduce).
+    """
+    approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
+    _check_flag("unreduced", unreduced)
+    check_tensors({"x": x})
+    network = _network(layer, {"x": tuple(x.shape)})
+    side = _input_side(network, x, approx_, bias_, optimize, unreduced)
+    result = _finish_inputs(network, side, x, approx_)
+    return (result.A, result.a) if unreduced else result.A
+
+
+def kfac_factors_output(
+    layer: Any,
+    grad_out: Any,
+    approx: str = "expand",
+    *,
+    loss_average: str | None = "batch",
+    hessian_sqrt: bool | None = None,
+    unreduced: bool = False,
+    optimize: Any = "auto",
+) -> Any:
+    """The output-side factor ``G`` ``[G, d_out, d_out]`` from ``grad_out``.
+
+    ``grad_out`` is either the gradient of the loss w.r.t. the layer output ``[N, *output]`` (empirical
+    Fisher; MC Fisher with sampled labels): ``G = c Σ g gᵀ`` with ``c`` = 1, ``N`` or ``N·S`` for
+    ``loss_average`` ``None``, ``"batch"``, ``"batch+positions"`` — or a loss-Hessian square root
+    backpropagated to the output ``[M, N, *output]`` (type-2 / MC Fisher, GGN): ``G = Σ_m Σ s sᵀ``,
+    which already carries the loss's scaling (``loss_average`` does not apply). Sums run over
+    ``n`` and ``s`` (expand) or over ``n`` of position sums (reduce). ``hessian_sqrt`` says which
+    where the rank alone cannot (dense layers). ``unreduced=True`` returns ``(G, g)`` with ``g``
+    ``[(M,) N, *S, G, d_out]`` (expand) or ``[(M,) N, G, d_out]`` (reduce), before the factor ``c``.
+    """
+    approx_, loss_average_ = Approx.parse(approx), parse_loss_average(loss_average)
+    _check_flag("unreduced", unreduced)
+    if hessian_sqrt is not None:
+        _check_flag("hessian_sqrt", hessian_sqrt)
+    check_tensors({"grad_out": grad_out})
+    network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
+    G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, unreduced).evaluate()
+    return (G, g) if unreduced else G
+
+
+def _output_network(layer: Any, grad_out: Any, hessian_sqrt: bool | None) -> tuple[LayerNetwork, bool]:
+    shape = tuple(grad_out.shape)
+    as_grad = _network(layer, {"grad_out": shape})
+    as_sqrt = _network(layer, {"grad_out": shape[1:]}) if len(shape) > 1 else as_grad
+    grad_fits, sqrt_fits = _output_rank(as_grad) == len(shape), _output_rank(as_sqrt) == len(shape) - 1
+    if hessian_sqrt is None:
+        if grad_fits and sqrt_fits:
+            raise ValueError(
+                f"grad_out of shape {shape} may be an output gradient or a loss-Hessian square root for this layer; "
+                "pass hessian_sqrt=True or False (or call tnderiv.kfac with x)"
+            )
+        hessian_sqrt = sqrt_fits and not grad_fits
+    network = as_sqrt if hessian_sqrt else as_grad
+    return network, _is_sqrt(network, grad_out, hessian_sqrt)
+
+
+def kfac(
+    layer: Any,
+    x: Any,
+    grad_out: Any,
+    *,
+    approx: str = "expand",
+    bias: str = "separate",
+    loss_average: str | None = "batch",
+    optimize: Any = "auto",
+) -> KFAC:
+    """KFAC of the layer's parameters from its input ``x`` and ``grad_out`` (see ``kfac_factors_output``).
+
+    Returns a ``KFAC`` with ``A``, ``G`` (and ``A_bias``, ``G_bias`` for ``bias="separate"``), ``matvec``,
+    ``to_dense`` and ``inverse(damping)``. It approximates the curvature of the loss as reduced, with
+    ``G[g] ⊗ A[g]`` per group of the weight.
+    """
+    approx_, bias_, loss_average_ = Approx.parse(approx), BiasMode.parse(bias), parse_loss_average(loss_average)
+    check_tensors({"x": x, "grad_out": grad_out})
+    network = _network(layer, {"x": tuple(x.shape)})
+    sqrt = _is_sqrt(network, grad_out, None)
+    ins = _input_side(network, x, approx_, bias_, optimize, False)
+    outs = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False)
+    _check_agree(ins, outs, x, grad_out)
+    sizes = {**outs.sizes, **ins.sizes}
+    G = outs.evaluate()[0]
+    inputs = _finish_inputs(network, ins, x, approx_)
+    plans = {**inputs.plans, "G": tuple(outs.prepared.plans)}
+    weight = _layout(ins.split, sizes)
+    if "bias" not in network.params:
+        return KFAC((KroneckerBlock((weight,), G, inputs.A),), (weight,), inputs.A, G, None, None, approx_.value, bias_.value, plans)
+    bias_split, _, _ = bias_input_factors(network, approx_)
+    bias = _layout(bias_split, sizes)
+    if bias_ is BiasMode.APPEND:
+        block = KroneckerBlock((weight, bias), G, inputs.A)
+        return KFAC((block,), (weight, bias), inputs.A, G, None, None, approx_.value, bias_.value, plans)
+    G_bias = G
+    _, weight_factor = output_factor(network, approx_, loss_average_, sqrt)
+    _, bias_factor = output_factor(network, approx_, loss_average_, sqrt, "bias")
+    if bias_factor.whole != weight_factor.whole:
+        side = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False, "bias")
+        G_bias = side.evaluate()[0]
+        plans["G_bias"] = tuple(side.prepared.plans)
+    blocks = (KroneckerBlock((weight,), G, inputs.A), KroneckerBlock((bias,), G_bias, inputs.A_bias))
+    return KFAC(blocks, (weight, bias), inputs.A, G, inputs.A_bias, G_bias, approx_.value, bias_.value, plans)
+
+
+def _check_agree(ins: _Side, outs: _Side, x: Any, grad_out: Any) -> None:
+    """The batch, weight-sharing and group legs must have one size on both sides (checked before running)."""
+    legs = (ins.split.batch_leg, *ins.split.shared_legs, *ins.split.group_legs)
+    a, b = ins.sizes, outs.sizes
+    for leg in legs:
+        if leg in a and leg in b and a[leg] != b[leg]:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} and grad_out has shape {tuple(grad_out.shape)}: leg {leg} has size "
+                f"{a[leg]} from x but {b[leg]} from grad_out"
+            )
+
+
+__all__ = ["KFAC", "KroneckerBlock", "KroneckerOperator", "ParamLayout", "kfac", "kfac_factors_input", "kfac_factors_output"]
