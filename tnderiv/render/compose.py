@@ -61,7 +61,8 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
 
 def _coefficient(value: sympy.Expr) -> Text:
     """A coefficient in TeX (fractions stacked, so as wide as the wider of numerator and denominator)."""
-    text = _text(sympy.latex(value), _plain(value), TextRole.COEFFICIENT)
+    floats = {f: sympy.Symbol(f"{float(f):g}") for f in value.atoms(sympy.Float)}
+    text = _text(sympy.latex(value.xreplace(floats)), _plain(value), TextRole.COEFFICIENT)
     numerator, denominator = sympy.fraction(value)
     if denominator != 1:
         widths = [Label(_plain(part), italic=False).width(OPERAND_PT) for part in (numerator, denominator)]
@@ -70,7 +71,8 @@ def _coefficient(value: sympy.Expr) -> Text:
 
 
 def _plain(value: sympy.Expr) -> str:
-    text = str(value).replace("**", "^").replace("*", "·").replace("sqrt", "√")
+    text = sympy.sstr(value.xreplace({f: sympy.Symbol(f"{float(f):g}") for f in value.atoms(sympy.Float)}))
+    text = text.replace("**", "^").replace("*", "·").replace("sqrt", "√")
     return text.replace("-", "−")
 
 

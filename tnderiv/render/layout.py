@@ -246,11 +246,13 @@ def _place_nodes(state: _State, pairs: list[tuple[int, int]] | None) -> None:
         width = max(shapes[i].width for i in members)
         x += (previous_width / 2 + COL_GAP + width / 2) if c else 0.0
         previous_width = width
-        total = sum(shapes[i].height for i in members) + ROW_GAP * (len(members) - 1)
+        # a stacked node whose open leg hangs into the gap needs room for the stub and its label
+        gap = ROW_GAP + 0.4 * (len(members) > 2 and any(_has_stub(state, i) for i in members[1:-1]))
+        total = sum(shapes[i].height for i in members) + gap * (len(members) - 1)
         y = total / 2
         for i in members:
             centers[i] = (x, y - shapes[i].height / 2)
-            y -= shapes[i].height + ROW_GAP
+            y -= shapes[i].height + gap
             state.columns[node_key(i)] = c
     _center_connectors(state, by_column, centers, shapes)
     _place_satellites(state, satellites, centers, shapes)
@@ -270,6 +272,13 @@ def _place_nodes(state: _State, pairs: list[tuple[int, int]] | None) -> None:
         state.shapes[node_key(i)] = Shape(shape.key, shape.kind, centers[i], shape.width, shape.height,
                                           shape.label, shape.note, shape.node)  # fmt: skip
         state.half.setdefault(node_key(i), 0)
+
+
+def _has_stub(state: _State, index: int) -> bool:
+    """True when node ``index`` carries an open leg that no other node carries."""
+    return any(
+        _is_open(state, leg) and sum(leg in legs for legs in state.legs_of) == 1 for leg in state.legs_of[index]
+    )
 
 
 def _satellites(state: _State, indices: list[int]) -> dict[int, int]:
@@ -415,12 +424,25 @@ def _free_spot(state: _State, bary: Point, keys: list[str], leg: str) -> Point:
                 score += 50 * zone.contains(p) + 3 * sum(zone.hits_segment(e, p) for e in ends)
             for k, e in zip(keys, ends):
                 score += 4 * sum(1 for key, wall in walls if key != k and wall.hits_segment(e, p))
+                score += 15 * sum(_alongside(e, p, a, b) for a, b in edges)
             if _is_open(state, leg) and score < best_score:
                 own = [(e, p) for e in ends]
                 score += _open_stub_cost(state, p, edges + own + spokes, leg)
             if score < best_score - 1e-9:
                 best, best_score = p, score
     return best
+
+
+def _alongside(e: Point, p: Point, a: Point, b: Point) -> bool:
+    """True when a spoke from ``e`` to ``p`` leaves ``e`` in nearly the direction of the edge ``ab`` at ``e``."""
+    if distance(e, a) < 1e-6:
+        other = b
+    elif distance(e, b) < 1e-6:
+        other = a
+    else:
+        return False
+    u, v = unit((p[0] - e[0], p[1] - e[1])), unit((other[0] - e[0], other[1] - e[1]))
+    return u[0] * v[0] + u[1] * v[1] > math.cos(0.25)
 
 
 def _stub_zones(state: _State) -> list[Box]:
@@ -501,21 +523,29 @@ def _connections(state: _State, ends: dict[str, list[str]]) -> list[_Route]:
 
 
 def _route_legs(state: _State, ends: dict[str, list[str]]) -> list[_Route]:
+    """Straight where nothing is in the way; otherwise an arc that avoids shapes and runs along no other leg."""
     routes = _connections(state, ends)
-    lanes: dict[tuple[str, str], int] = {}
+    blocked = []
+    drawn: list[Curve] = []
     for route in routes:
         a, b = state.shapes[route.a].center, state.shapes[route.b].center
         obstacles = [s.box.inflate(0.06) for s in state.shapes.values() if s.key not in (route.a, route.b)]
-        if not any(box.hits_segment(a, b) for box in obstacles):
-            continue
+        if any(box.hits_segment(a, b) for box in obstacles):
+            blocked.append((route, obstacles))
+        else:
+            drawn.append(Curve.line(a, b))
+    lanes: dict[tuple[str, str], int] = {}
+    for route, obstacles in blocked:
+        a, b = state.shapes[route.a].center, state.shapes[route.b].center
         pair = (min(route.a, route.b), max(route.a, route.b))
         lane = lanes.get(pair, 0)
         lanes[pair] = lane + 1
-        route.apex = _arc_apex(a, b, obstacles, state, lane)
+        route.apex = _arc_apex(a, b, obstacles, state, lane, drawn)
+        drawn.append(Curve.through(a, route.apex, b))
     return routes
 
 
-def _arc_apex(a: Point, b: Point, obstacles: list[Box], state: _State, lane: int) -> Point:
+def _arc_apex(a: Point, b: Point, obstacles: list[Box], state: _State, lane: int, drawn: list[Curve]) -> Point:
     mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
     d = unit((b[0] - a[0], b[1] - a[1]))
     normal = (-d[1], d[0])
@@ -523,13 +553,31 @@ def _arc_apex(a: Point, b: Point, obstacles: list[Box], state: _State, lane: int
     sign = 1.0 if normal[1] >= 0 else -1.0
     if any(state.half.values()) and mid[1] < 0:
         sign = -sign
+    fallback = None
     for h in (0.45, 0.65, 0.85, 1.1, 1.4, 1.8, 2.3, 2.9):
         for s in (sign, -sign):
             apex = (mid[0] + s * (h + 0.22 * lane) * normal[0], mid[1] + s * (h + 0.22 * lane) * normal[1])
             curve = Curve.through(a, apex, b)
-            if not any(curve.hits(box) for box in obstacles):
+            if any(curve.hits(box) for box in obstacles):
+                continue
+            if not any(_runs_along(curve, other, a, b) for other in drawn):
                 return apex
-    return (mid[0] + sign * 3.2 * normal[0], mid[1] + sign * 3.2 * normal[1])
+            fallback = fallback or apex
+    return fallback or (mid[0] + sign * 3.2 * normal[0], mid[1] + sign * 3.2 * normal[1])
+
+
+def _runs_along(curve: Curve, other: Curve, a: Point, b: Point) -> bool:
+    """True when ``curve`` stays close to ``other`` for a stretch away from its own ends."""
+    if not curve.box().inflate(0.25).overlaps(other.box().inflate(0.25)):
+        return False
+    poly = other._polyline
+    streak = 0
+    for p in curve.points(30)[3:-3]:
+        close = min(segment_distance(p, q, r) for q, r in zip(poly, poly[1:])) < 0.2
+        streak = streak + 1 if close else 0
+        if streak >= 3:
+            return True
+    return False
 
 
 # ----- stubs ------------------------------------------------------------------------------------
@@ -860,8 +908,8 @@ def _dot_label(dot: Shape, size: tuple[float, float], placed: list[Box], curves:
     for order, d in enumerate(
         ((0.0, 1.0), (_D, _D), (-_D, _D), (1.0, 0.0), (-1.0, 0.0), (0.0, -1.0), (_D, -_D), (-_D, -_D))
     ):
-        cx = dot.center[0] + d[0] * (w / 2 + 0.08) if d[0] else dot.center[0]
-        cy = dot.center[1] + d[1] * (h / 2 + 0.08) if d[1] else dot.center[1]
+        cx = dot.center[0] + _sign(d[0]) * (w / 2 + 0.09)
+        cy = dot.center[1] + _sign(d[1]) * (h / 2 + 0.09)
         box = Box.around((cx, cy), w, h)
         score = _label_score(box, [p for p in placed if not p.overlaps(dot.box)], curves) + 0.3 * order
         if best is None or score < best[0] - 1e-9:

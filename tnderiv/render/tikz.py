@@ -26,7 +26,7 @@ STYLES = r"""\tikzset{
   tnd arrow/.style={->, >=stealth, line width=0.6pt, shorten >=1pt},
   tnd rule/.style={font=\footnotesize, inner sep=0pt},
   tnd caption/.style={font=\footnotesize, inner sep=0pt},
-}"""
+}%"""
 
 STANDALONE = r"""\documentclass{article}
 \usepackage{tikz}
@@ -87,7 +87,7 @@ def to_tikz(picture: Picture, *, standalone: bool = False) -> str:
         lines.append(rf"\draw[tnd arrow] {point(arrow.start)} -- {point(arrow.end)};")
     for text in picture.texts:
         lines.append(rf"\node[tnd {text.role.value}] at {point(text.center)} {{{text.tex}}};")
-    lines.append(r"\end{tikzpicture}")
+    lines.append(r"\end{tikzpicture}%")
     body = "\n".join(lines) + "\n"
     if not standalone:
         return body

@@ -1,0 +1,94 @@
+"""Structural checks of a laid-out picture, shared by the render tests (each returns a list of problems)."""
+
+from __future__ import annotations
+
+from tnderiv.ir import Diagram
+from tnderiv.render.geometry import segment_distance
+from tnderiv.render.model import Picture, ShapeKind
+
+
+def layout_problems(diagram: Diagram, picture: Picture) -> list[str]:
+    """Everything wrong with ``picture`` as a drawing of the single ``diagram`` (prefix-free keys)."""
+    problems = []
+    hidden = set(picture.hidden_legs)
+    visible = [leg for leg in diagram.sizes if leg not in hidden]
+    drawn = [leg.name for leg in picture.legs]
+    for leg in visible:
+        if drawn.count(leg) != 1:
+            problems.append(f"leg {leg} drawn {drawn.count(leg)} times")
+    for leg in hidden:
+        if diagram.sizes[leg] != 1:
+            problems.append(f"leg {leg} of size {diagram.sizes[leg]} hidden")
+    placed = {s.node for s in picture.shapes if s.node is not None}
+    for index, node in enumerate(diagram.nodes):
+        key = f"n{index}"
+        if index in placed:
+            continue
+        if key in picture.hidden_nodes and all(leg in hidden for leg in node.legs):
+            continue
+        problems.append(f"node {index} ({node.display_name}) not placed")
+    shapes = list(picture.shapes)
+    for i, a in enumerate(shapes):
+        for b in shapes[i + 1 :]:
+            if a.box.overlaps(b.box):
+                problems.append(f"shapes {a.key} and {b.key} overlap")
+    for leg in picture.legs:
+        if leg.open and not leg.label.plain:
+            problems.append(f"open leg {leg.name} has no label")
+        if leg.label.plain.replace("′", "'").replace("_", "") != leg.name.replace("_", "") and "·" not in leg.name:
+            problems.append(f"leg {leg.name} labelled {leg.label.plain!r}")
+        for shape in shapes:
+            if shape.box.overlaps(leg.label_box):
+                problems.append(f"label of leg {leg.name} covers {shape.key}")
+    problems += overlapping_legs(picture)
+    problems += dangling_ends(picture)
+    return problems
+
+
+def overlapping_legs(picture: Picture, tolerance: float = 0.03, run: int = 4) -> list[str]:
+    """Pairs of legs drawn on top of each other: ``run`` consecutive samples of one within ``tolerance`` of another.
+
+    Samples near shapes (where legs meet at a dot or leave neighbouring ports) do not count.
+    """
+    shapes = [s.box.inflate(0.2) if s.is_dot else s.box.inflate(0.06) for s in picture.shapes]
+    samples = []
+    for leg in picture.legs:
+        for path in leg.paths:
+            samples.append((leg.name, path, path.points(40)))
+    problems = []
+    for i, (name_a, path_a, pts_a) in enumerate(samples):
+        for name_b, path_b, _pts_b in samples[i + 1 :]:
+            if name_a == name_b or not path_a.box().inflate(tolerance).overlaps(path_b.box().inflate(tolerance)):
+                continue
+            poly = path_b.points(40)
+            streak = 0
+            for p in pts_a:
+                near_shape = any(box.contains(p) for box in shapes)
+                close = not near_shape and min(segment_distance(p, a, b) for a, b in zip(poly, poly[1:])) < tolerance
+                streak = streak + 1 if close else 0
+                if streak >= run:
+                    problems.append(f"legs {name_a} and {name_b} drawn on top of each other")
+                    break
+    return problems
+
+
+def dangling_ends(picture: Picture) -> list[str]:
+    """Legs whose paths do not start on one of the shapes they belong to."""
+    by_key = {s.key: s for s in picture.shapes}
+    problems = []
+    for leg in picture.legs:
+        for shape_key in leg.ends:
+            if shape_key not in by_key:
+                problems.append(f"leg {leg.name} ends on unknown shape {shape_key}")
+        for path in leg.paths:
+            ends = [path.start, path.end]
+            touching = [
+                by_key[k] for k in leg.ends if k in by_key and any(by_key[k].box.inflate(0.01).contains(p) for p in ends)
+            ]
+            if not touching:
+                problems.append(f"a path of leg {leg.name} touches none of its shapes {leg.ends}")
+    return problems
+
+
+def count_kind(picture: Picture, kind: ShapeKind) -> int:
+    return sum(1 for s in picture.shapes if s.kind is kind)
