@@ -196,25 +196,3 @@ def singd_conv2d(
         grads = grad_out.sum((2, 3))
     grads = grads * scaling
     return rows.T @ rows, grads.T @ grads
-
-
-def curvlinops_factors(
-    a: torch.Tensor, grad_rows: torch.Tensor, approx: str, reduction: str, num_data: int, loss_terms_per_example: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """curvlinops ``KFACLinearOperator`` (3.0): input covariance ``Σ x xᵀ / (N_data · S)`` (expand) or of the
-    position mean ``/ N_data`` (reduce); gradient covariance ``Σ g gᵀ · correction`` with correction
-    ``(B·R)² / (N_data·R)`` for ``reduction="mean"`` where ``g`` were scaled by ``1/(B·R)`` (``R`` loss terms
-    per example): returns ``(A, G)`` for the per-datum sum-reduction backpropagated vectors ``grad_rows``."""
-    n = a.shape[0]
-    rows = a.reshape(n, -1, a.shape[-1])
-    if approx == "expand":
-        A = torch.einsum("nsi,nsj->ij", rows, rows) / (num_data * rows.shape[1])
-    else:
-        mean = rows.mean(1)
-        A = torch.einsum("ni,nj->ij", mean, mean) / num_data
-    terms = n * loss_terms_per_example
-    scale, corr = (1.0, 1.0) if reduction == "sum" else (1.0 / terms, terms**2 / (num_data * loss_terms_per_example))
-    g = grad_rows[..., 0, :] * scale
-    if approx == "reduce":
-        g = g.sum(2, keepdim=True)
-    return A, corr * torch.einsum("mnsi,mnsj->ij", g, g)
