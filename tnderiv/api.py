@@ -25,7 +25,8 @@ def _module_params(layer: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         return tensors
     if isinstance(layer, torch.nn.Module):
         for name in PARAMS + BUFFERS:
-            if tensors.get(name) is None and getattr(layer, name, None) is not None:
+            # only tensors: some modules use these names for flags (nn.LSTM.bias is a bool)
+            if tensors.get(name) is None and isinstance(getattr(layer, name, None), torch.Tensor):
                 tensors[name] = getattr(layer, name).detach()
     return tensors
 
@@ -66,6 +67,7 @@ def run_quantity(
     optimize: Any = "auto",
 ) -> Any:
     """Evaluate ``quantity`` of ``layer`` with the given tensors (by operand name)."""
+    spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
     given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
     like = check_tensors(given)
     shapes = {name: tuple(array.shape) for name, array in given.items()}
@@ -76,6 +78,18 @@ def run_quantity(
         # the tangent is shaped like the operand: it tells the rank of x (weight-sharing legs of Linear)
         rank_shapes.setdefault(quantity[4:], shapes["tangent"])
     network = _network(layer, rank_shapes)
+    for name in PARAMS:
+        if tensors.get(name) is not None and name not in network.operands:
+            raise ValueError(f"{name}= was given but {spec} has no {name}; its operands are {list(network.operands)}")
+    if output_shape is not None and quantity.startswith("vjp_"):
+        wrt = quantity[4:]
+        axes = _forward_axes(network, wrt)
+        if axes is not None and len(output_shape) != len(axes):
+            expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
+            raise ValueError(
+                f"the shape {tuple(output_shape)} given for {wrt} (x_shape= or {wrt}=) has {len(output_shape)} axes; "
+                f"expected {len(axes)} axes {expected}"
+            )
     expr = derive(network, quantity)
     needed = expr.operand_names
     if network.prepare is not None and any(name in network.derived for name in needed):
@@ -92,6 +106,14 @@ def run_quantity(
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes)
     return plan({name: given[name] for name in needed})
+
+
+def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ...] | None:
+    """Axis groups of operand ``name`` in the forward diagram (None where it enters only through derived operands)."""
+    try:
+        return network.operand_groups(name)
+    except KeyError:
+        return None
 
 
 def evaluate(layer: Any, quantity: str, *, optimize: Any = "auto", **operands: Any) -> Any:
