@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,7 +66,11 @@ def _coefficient(value: sympy.Expr) -> Text:
     text = _text(sympy.latex(value.xreplace(floats)), _plain(value), TextRole.COEFFICIENT)
     numerator, denominator = sympy.fraction(value)
     if denominator != 1:
-        widths = [Label(_plain(part), italic=False).width(OPERAND_PT) for part in (numerator, denominator)]
+        # TeX sets products without dots or spaces and exponents small
+        widths = [
+            Label(re.sub(r"[ ·^]", "", _plain(part)), italic=False).width(OPERAND_PT) * 0.9
+            for part in (numerator, denominator)
+        ]
         text = Text(text.tex, text.plain, text.center, max(widths) + 0.1, text.height, text.role)
     return text
 

@@ -28,6 +28,8 @@ TEX_SPECIAL = {
     ">": r"\textgreater{}", "|": r"\textbar{}",
 }  # fmt: skip
 COMBINING_HAT = "\u0302"
+COMBINING_BAR = "\u0304"
+ACCENTS = {COMBINING_HAT: r"\hat", COMBINING_BAR: r"\bar", "\u0303": r"\tilde"}
 
 _LEG = re.compile(r"^(?P<main>[A-Za-z]|[^\W\d_])(?:_?(?P<sub>[A-Za-z0-9]+))?(?P<primes>'*)$")
 _WORD_SUB = re.compile(r"^(?P<main>[A-Za-z]+)_(?P<sub>[A-Za-z0-9]+)(?P<primes>'*)$")
@@ -122,9 +124,9 @@ def tex_math_text(text: str, *, upright: bool) -> str:
     """``text`` for TeX math mode: specials escaped, Greek as macros; words wrapped in ``\\mathrm``."""
     parts = []
     for index, c in enumerate(text):
-        if c == COMBINING_HAT:
+        if c in ACCENTS:
             continue
-        hat = index + 1 < len(text) and text[index + 1] == COMBINING_HAT
+        accent = ACCENTS.get(text[index + 1]) if index + 1 < len(text) else None
         if c.isascii() and (c.isalnum() or c in "'+-=()[],.;:/*!?@ "):
             piece = r"\ " if c == " " else c
         elif c in TEX_SPECIAL:
@@ -136,7 +138,7 @@ def tex_math_text(text: str, *, upright: bool) -> str:
                 f"cannot write {c!r} (U+{ord(c):04X}) of label {text!r} for pdflatex; use ASCII, Greek letters or "
                 f"one of {''.join(sorted(set(GREEK) - set('ΓΔΘΛΞΠΣΦΨΩ')))}"
             )
-        parts.append(rf"\hat{{{piece}}}" if hat else piece)
+        parts.append(rf"{accent}{{{piece}}}" if accent else piece)
     body = "".join(parts)
     if upright and any(c.isascii() and c.isalpha() for c in text):
         return rf"\mathrm{{{body}}}"

@@ -181,6 +181,10 @@ def _shape_for(index: int, node: Node, center: Point = (0.0, 0.0)) -> Shape:
         )
     if node.kind is NodeKind.DELTA:
         return Shape(key, ShapeKind.DELTA, center, DOT, DOT, node=index)
+    if node.kind not in (NodeKind.ONES, NodeKind.SCALAR):  # folded constants (Π̄) and kinds to come
+        label = operand_label(node.display_name)
+        width = max(0.66, label.width(OPERAND_PT) + 0.3)
+        return Shape(key, ShapeKind.CONSTANT, center, width, 0.66, label, node=index)
     if node.kind is NodeKind.ONES:
         return Shape(key, ShapeKind.ONES, center, ONES, ONES, Label("1", italic=False), node=index)
     label = Label(f"{node.value:g}", italic=False)
@@ -211,7 +215,7 @@ def _ranks(state: _State, indices: list[int]) -> dict[int, float]:
     rank: dict[int, float | None] = {}
     for i in indices:
         node = nodes[i]
-        if node.kind is NodeKind.PATTERN:
+        if node.kind is NodeKind.PATTERN or node.kind.value == "folded":
             rank[i] = PATTERN_RANK
         elif node.kind is NodeKind.OPERAND:
             rank[i] = ROLE_RANK.get(node.name.rstrip("'"), 0.0)
@@ -276,9 +280,7 @@ def _place_nodes(state: _State, pairs: list[tuple[int, int]] | None) -> None:
 
 def _has_stub(state: _State, index: int) -> bool:
     """True when node ``index`` carries an open leg that no other node carries."""
-    return any(
-        _is_open(state, leg) and sum(leg in legs for legs in state.legs_of) == 1 for leg in state.legs_of[index]
-    )
+    return any(_is_open(state, leg) and sum(leg in legs for legs in state.legs_of) == 1 for leg in state.legs_of[index])
 
 
 def _satellites(state: _State, indices: list[int]) -> dict[int, int]:
@@ -326,7 +328,7 @@ def _place_satellites(state: _State, satellites: dict[int, int], centers: dict[i
 
 
 def _stack_key(node: Node, index: int) -> tuple[int, int]:
-    if node.kind is NodeKind.PATTERN:
+    if node.kind is NodeKind.PATTERN or node.kind.value == "folded":
         return (1, _spatial_index(node))
     return (0 if node.kind is NodeKind.OPERAND else 2, index)
 

@@ -18,6 +18,7 @@ class ShapeKind(str, enum.Enum):
 
     OPERAND = "operand"  # rounded box with the operand's name
     PATTERN = "pattern"  # shaded square box with Π (and non-default hyperparameters)
+    CONSTANT = "constant"  # shaded box with a dashed border: constants folded into one (Π̄ = Σ_o Π)
     DELTA = "delta"  # a black dot (copy tensor)
     HYPEREDGE = "hyperedge"  # a black dot joining the nodes of a leg shared by three or more ends
     ONES = "ones"  # a small circle with 1

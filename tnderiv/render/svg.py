@@ -14,6 +14,7 @@ FONT = "'Latin Modern Math', 'CMU Serif', 'STIX Two Math', 'Times New Roman', se
 STYLE = f"""
 .tnd-operand {{ fill: #fff; stroke: #000; stroke-width: 0.85; }}
 .tnd-pattern {{ fill: #e6e6e6; stroke: #000; stroke-width: 0.85; }}
+.tnd-constant {{ fill: #e6e6e6; stroke: #000; stroke-width: 0.85; stroke-dasharray: 3 2; }}
 .tnd-delta, .tnd-hyperedge {{ fill: #000; stroke: none; }}
 .tnd-ones {{ fill: #fff; stroke: #000; stroke-width: 0.7; }}
 .tnd-leg {{ fill: none; stroke: #000; stroke-width: 0.78; stroke-linecap: round; }}
@@ -117,7 +118,7 @@ def _shape(parent: ET.Element, canvas: _Canvas, shape: Shape) -> None:
     group = ET.SubElement(parent, "g", {"class": f"tnd-node tnd-{shape.kind.value}-node"})
     if shape.node is not None:
         group.set("data-node", str(shape.node))
-    if shape.kind in (ShapeKind.OPERAND, ShapeKind.PATTERN):
+    if shape.kind in (ShapeKind.OPERAND, ShapeKind.PATTERN, ShapeKind.CONSTANT):
         attrs = {"class": f"tnd-{shape.kind.value}", "x": x, "y": y, "width": canvas.length(shape.width),
                  "height": canvas.length(shape.height)}  # fmt: skip
         if shape.kind is ShapeKind.OPERAND:

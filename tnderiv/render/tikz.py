@@ -11,6 +11,7 @@ STYLES = r"""\tikzset{
   tnd picture/.style={line cap=round, line join=round},
   tnd operand/.style={draw, rounded corners=2.5pt, fill=white, line width=0.6pt, inner sep=0pt},
   tnd pattern/.style={draw, fill=black!10, line width=0.6pt, inner sep=0pt},
+  tnd constant/.style={draw, dashed, fill=black!10, line width=0.6pt, inner sep=0pt},
   tnd note/.style={font=\scriptsize, inner sep=0pt},
   tnd delta/.style={circle, fill=black, draw=none, inner sep=0pt},
   tnd hyperedge/.style={circle, fill=black, draw=none, inner sep=0pt},
@@ -109,6 +110,9 @@ def _shape(shape: Shape) -> list[str]:
             rf"\node[inner sep=0pt] at {point((x, y + 0.13))} {{$\Pi$}};",
             rf"\node[tnd note] at {point((x, y - 0.22))} {{{tex_escape_text(shape.note)}}};",
         ]
+    if shape.kind is ShapeKind.CONSTANT:
+        assert shape.label is not None
+        return [rf"\node[tnd constant, {size}] at {at} {{${shape.label.tex()}$}};"]
     if shape.kind in (ShapeKind.DELTA, ShapeKind.HYPEREDGE):
         return [rf"\node[tnd {shape.kind.value}, minimum size={fmt(shape.width)}cm] at {at} {{}};"]
     if shape.kind is ShapeKind.ONES:
