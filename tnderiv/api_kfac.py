@@ -33,9 +33,12 @@ from tnderiv.calculus.kfac import (
 )
 from tnderiv.ir import Diagram, terms_of
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import Bindings, bind_sizes
+from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.constants import constant_array
+from tnderiv.plan.optimizers import cache_key
 
 # ----- evaluating factors ----------------------------------------------------------------------------
 
@@ -64,18 +67,38 @@ def _two_stage(half: Diagram) -> bool:
     return len(half.nodes) > 1 or bool(half.summed_legs) or half.coefficient != 1
 
 
+# bound sizes and compiled plans per (factor, shapes, backend, dtype, device, optimizer): a repeated
+# call does no sympy work and no canonical hashing (diagrams are built once, not per call)
+_PREPARED: LRUCache[tuple[Any, ...]] = LRUCache(maxsize=256)
+
+
+def _key(factor: Any, tensors: Mapping[str, Any], like: Any, optimize: Any, *flags: Any) -> tuple[Any, ...]:
+    backend = backend_of(like)
+    shapes = tuple((name, tuple(t.shape)) for name, t in tensors.items())
+    return (factor, shapes, backend.name, backend.device_key(like), backend.dtype_key(like), cache_key(optimize), *flags)
+
+
 def _prepare(factor: Factor, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any, keep_half: bool) -> _Prepared:
     names = factor.source.operand_names
-    bindings = bind_sizes(factor.source, {name: tuple(tensors[name].shape) for name in names}, check)
-    sizes = {leg: bindings.value(size) for leg, size in factor.source.sizes.items()}
     operands = {name: tensors[name] for name in names}
+    plans, bindings, sizes = _PREPARED.get_or_build(
+        _key(factor, operands, like, optimize, keep_half), lambda: _compile(factor, operands, like, optimize, check, keep_half)
+    )
+    return _Prepared(factor, plans, operands, bindings, sizes)
+
+
+def _compile(
+    factor: Factor, operands: Mapping[str, Any], like: Any, optimize: Any, check: Any, keep_half: bool
+) -> tuple[list[Plan], Bindings, dict[str, int]]:
+    bindings = bind_sizes(factor.source, {name: tuple(t.shape) for name, t in operands.items()}, check)
+    sizes = {leg: bindings.value(size) for leg, size in factor.source.sizes.items()}
     if factor.half is not None and factor.gram is not None and (keep_half or _two_stage(factor.half)):
         first = _plan(factor.half, operands, like, optimize, check)
-        shape = tuple(sizes[leg] for leg in factor.half_legs)
+        shape = tuple(_prod(sizes, axis) for axis in factor.half_axes)
         second = get_plan(_bound(factor.gram, factor, bindings, sizes), {factor.half_name: shape}, like, optimize)
-        return _Prepared(factor, [first, second], operands, bindings, sizes)
+        return [first, second], bindings, sizes
     glued = _bound(factor.glued, factor, bindings, sizes)
-    return _Prepared(factor, [_plan(glued, operands, like, optimize, check)], operands, bindings, sizes)
+    return [_plan(glued, operands, like, optimize, check)], bindings, sizes
 
 
 def _plan(expr: Diagram, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any) -> Plan:
@@ -99,18 +122,15 @@ def _bound(diagram: Diagram, factor: Factor, bindings: Bindings, sizes: Mapping[
     return diagram.replace(coefficient=value)
 
 
-def _constant(diagram: Diagram, bindings: Bindings, like: Any) -> Any:
+def _constant(diagram: Diagram, bindings: Bindings) -> np.ndarray:
     """A diagram without operands (e.g. a bias's input half glued to itself), evaluated for bound sizes."""
-    import torch
-
     coefficient = float(_number(diagram.coefficient, bindings))
     if not diagram.nodes:
-        return torch.tensor(coefficient, dtype=like.dtype, device=like.device)
+        return np.array(coefficient)
     sizes = {leg: bindings.value(size) for leg, size in diagram.sizes.items()}
     symbol = {leg: oe.get_symbol(i) for i, leg in enumerate(diagram.sizes)}
     equation = ",".join("".join(symbol[leg] for leg in n.legs) for n in diagram.nodes) + "->" + "".join(symbol[leg] for leg in diagram.open_legs)
-    value = oe.contract(equation, *(constant_array(n, sizes).astype(np.float64) for n in diagram.nodes)) * coefficient
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return oe.contract(equation, *(constant_array(n, sizes).astype(np.float64) for n in diagram.nodes)) * coefficient
 
 
 def _prod(sizes: Mapping[str, int], legs: Sequence[str]) -> int:
@@ -319,6 +339,7 @@ class _Side:
     own_legs: tuple[str, ...]
     half_open: tuple[str, ...]
     cross: Plan | None = None
+    corner: float | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -342,13 +363,23 @@ def _input_side(network: LayerNetwork, x: Any, approx: Approx, bias: BiasMode, o
     split, factor = input_factor(network, approx)
     append = bias is BiasMode.APPEND and "bias" in network.params
     prepared = _prepare(factor, {"x": x}, x, optimize, network.check_sizes, keep_half or append)
-    cross = None
-    if append:
-        _, cross_factor, _ = bias_input_factors(network, approx)
-        shape = tuple(prepared.sizes[leg] for leg in cross_factor.half_legs)
-        gram = _bound(cross_factor.gram, cross_factor, prepared.bindings, prepared.sizes)  # type: ignore[arg-type]
-        cross = get_plan(gram, {cross_factor.half_name: shape}, x, optimize)
-    return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross)
+    cross, corner = None, None
+    if "bias" in network.params:
+        _, cross_factor, own = bias_input_factors(network, approx)
+        cross, corner = _PREPARED.get_or_build(
+            _key(cross_factor, {"x": x}, x, optimize, append), lambda: _bias_parts(cross_factor, own, prepared, x, optimize, append)
+        )
+    return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross, corner)
+
+
+def _bias_parts(cross: Factor, own: Factor, prepared: _Prepared, x: Any, optimize: Any, append: bool) -> tuple[Plan | None, float]:
+    """The plan of the weight–bias cross term on the evaluated input half (append), and ``A_bb``."""
+    corner = float(_constant(own.glued, prepared.bindings))
+    if not append:
+        return None, corner
+    shape = tuple(_prod(prepared.sizes, axis) for axis in cross.half_axes)
+    gram = _bound(cross.gram, cross, prepared.bindings, prepared.sizes)  # type: ignore[arg-type]
+    return get_plan(gram, {cross.half_name: shape}, x, optimize), corner
 
 
 def _output_side(
@@ -368,15 +399,14 @@ class _InputResult:
     plans: dict[str, tuple[Plan, ...]]
 
 
-def _finish_inputs(network: LayerNetwork, side: _Side, x: Any, approx: Approx) -> _InputResult:
+def _finish_inputs(side: _Side) -> _InputResult:
     """Run the input side; for a layer with a bias add ``A_bias`` (separate) or the ones row/column (append)."""
     A, a, raw = side.evaluate()
     plans = {"A": tuple(side.prepared.plans)}
     A_bias = None
-    if "bias" in network.params:
+    if side.corner is not None:
         groups = A.shape[0]
-        _, _, own = bias_input_factors(network, approx)
-        corner = _constant(own.glued, side.prepared.bindings, x).reshape(1, 1, 1).expand(groups, 1, 1)
+        corner = A.new_full((groups, 1, 1), side.corner)
         if side.cross is not None:
             A_wb = side.cross({INPUT_HALF: raw}).reshape(groups, -1, 1)
             plans["A_weight_bias"] = (side.cross,)
@@ -384,7 +414,7 @@ def _finish_inputs(network: LayerNetwork, side: _Side, x: Any, approx: Approx) -
             if a is not None:
                 a = _cat([a, a.new_ones(*a.shape[:-1], 1)], -1)
         else:
-            A_bias = corner.clone()
+            A_bias = corner
     return _InputResult(A, A_bias, a, plans)
 
 
@@ -435,7 +465,7 @@ def kfac_factors_input(
     check_tensors({"x": x})
     network = _network(layer, {"x": tuple(x.shape)})
     side = _input_side(network, x, approx_, bias_, optimize, unreduced)
-    result = _finish_inputs(network, side, x, approx_)
+    result = _finish_inputs(side)
     return (result.A, result.a) if unreduced else result.A
 
 
@@ -511,7 +541,7 @@ def kfac(
     _check_agree(ins, outs, x, grad_out)
     sizes = {**outs.sizes, **ins.sizes}
     G = outs.evaluate()[0]
-    inputs = _finish_inputs(network, ins, x, approx_)
+    inputs = _finish_inputs(ins)
     plans = {**inputs.plans, "G": tuple(outs.prepared.plans)}
     weight = _layout(ins.split, sizes)
     if "bias" not in network.params:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import sympy
@@ -213,19 +213,24 @@ class Factor:
     ``whole`` is the glued network, fully simplified (what ``tnderiv.diagram`` shows). The forms that
     run keep the split's leg names (copy-tensor rules only; the planner simplifies again once sizes
     are bound): ``glued`` (one network), or ``half`` (``h``) and ``gram`` (the factor on the evaluated
-    half: operand ``half_name`` with one axis per leg of ``half_legs``; ``h'`` is either that same
+    half: operand ``half_name`` with axes ``half_axes``: each leading leg, the group legs, the own legs
+    — so the Gram is one batched GEMM; ``h'`` is either that same
     operand, contracted once instead of twice, or a constant half such as a bias's ones). ``source``
     is the uncollapsed half (for binding sizes); ``scale`` the factor's normalization (already in the
     coefficients). Open legs: group legs, ``h``'s own legs, ``h'``'s.
     """
 
-    whole: Diagram
+    whole: Diagram = field(compare=False)  # derived from ``glued``; kept out of hashing
     glued: Diagram
     source: Diagram
     half: Diagram | None = None
     gram: Diagram | None = None
     half_name: str = ""
-    half_legs: tuple[str, ...] = ()
+    half_axes: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def half_legs(self) -> tuple[str, ...]:
+        return tuple(leg for axis in self.half_axes for leg in axis)
     scale: Scale = Scale()
 
 
@@ -267,13 +272,24 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     assert isinstance(whole, Diagram)
     if not half_name:
         return Factor(whole, glued, source, scale=scale)
-    half = _structural(h1)
-    evaluated = Diagram((operand(half_name, *h1.open_legs),), h1.open_legs, h1.sizes)
+    structural = set(split.structural_legs)
+    lead = tuple((leg,) for leg in h1.open_legs if leg in structural and leg not in split.group_legs)
+    axes = lead + tuple(
+        axis
+        for axis in (
+            tuple(leg for leg in h1.open_legs if leg in split.group_legs),
+            tuple(leg for leg in h1.open_legs if leg not in structural),
+        )
+        if axis
+    )
+    groups = tuple(len(axis) for axis in axes)
+    half = _structural(h1.replace(open_groups=groups))
+    evaluated = Diagram((operand(half_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
     other = evaluated if h2 == h1 else h2
     if other is h2 and h2.operand_names:
         raise ValueError(f"the second half of a two-stage factor must be the first or a constant, got {h2}")
     gram = _structural(_gram(evaluated, other, split, factor))
-    return Factor(whole, glued, source, half, gram, half_name, h1.open_legs, scale)
+    return Factor(whole, glued, source, half, gram, half_name, axes, scale)
 
 
 def _structural(diagram: Diagram) -> Diagram:
@@ -311,7 +327,7 @@ def bias_input_factors(network: LayerNetwork, approx: Approx) -> tuple[KFACSplit
     split = split_vjp(network, "weight")
     bias_split = split_vjp(network, "bias", split.group_legs)
     if bias_split.input_legs:
-        raise ValueError(f"the bias has input-side legs {list(bias_split.input_legs)}; bias='append' needs a bias on the output legs only")
+        raise ValueError(f"the bias has input-side legs {list(bias_split.input_legs)}; KFAC supports a bias on the output legs only")
     w_half = _collapse(split.input_half, split, approx, mean=True)
     b_half = _collapse(bias_split.input_half, bias_split, approx, mean=True)
     scale = _input_scale(split, approx)
