@@ -175,3 +175,10 @@ def test_cupy_arrays() -> None:
     torch.testing.assert_close(torch.from_numpy(cupy.asnumpy(got_b)), g.sum(dim=(0, 2, 3)), **TOL)
     with pytest.raises(TypeError, match="weight.*cupy|cupy.*weight|torch"):
         tnderiv.forward(SPEC, cx, w, cb)
+
+
+def test_jvp_of_the_bias_broadcasts_the_tangent() -> None:
+    x, w, b, _ = operands()
+    tangent = torch.randn_like(b)
+    _, expected = torch.func.jvp(lambda b_: oracle(x, w, b_), (b,), (tangent,))
+    torch.testing.assert_close(tnderiv.jvp(SPEC, "bias", tangent, x=x, weight=w), expected, **TOL)

@@ -279,3 +279,9 @@ def test_unsupported_module_names_its_type() -> None:
         tnderiv.Conv.from_module(nn.Linear(1, 1))
     with raises(TypeError, "str"):
         tnderiv.forward("conv", X, W)
+
+
+def test_transposed_padding_larger_than_its_output() -> None:
+    spec = tnderiv.Conv(1, 1, 1, padding=1, transposed=True, bias=False)
+    with raises(ValueError, "transposed", "input size 1", "padding (1, 1)", "-1"):
+        tnderiv.forward(spec, t(1, 1, 1, 3), t(1, 1, 1, 1))

@@ -117,3 +117,13 @@ def test_module_parameters_are_read_at_call_time() -> None:
     second = tnderiv.forward(module, x)
     torch.testing.assert_close(second, expected, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(first, second)
+
+
+def test_equivalent_spellings_are_one_spec() -> None:
+    """Hyperparameters are normalized, so equal layers share derivations and cached plans."""
+    a = tnderiv.Conv(2, 2, 3, padding=1)
+    assert a == tnderiv.Conv(2, 2, (3, 3), padding=((1, 1), (1, 1))) == tnderiv.Conv(2, 2, [3, 3], padding=[1, 1])
+    assert hash(a) == hash(tnderiv.Conv(2, 2, (3, 3), padding=(1, 1), stride=(1, 1), dilation=1))
+    assert tnderiv.Conv(2, 2, 3, padding="valid") == tnderiv.Conv(2, 2, 3, padding=0)
+    assert tnderiv.Conv(2, 2, 3, padding="same") == tnderiv.Conv(2, 2, 3, padding=1)
+    assert tnderiv.Conv(2, 2, 3) != tnderiv.Conv(2, 2, 3, padding_mode="reflect")

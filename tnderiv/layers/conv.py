@@ -127,6 +127,12 @@ class Conv:
         for dim, (i, o, p) in enumerate(zip(sizes, outputs, self.padding)):
             if int(o) < 1:
                 k, d = self.kernel_size[dim], self.dilation[dim]
+                if self.transposed:
+                    full = (i - 1) * self.stride[dim] + d * (k - 1) + self.output_padding[dim] + 1
+                    raise ValueError(
+                        f"impossible output size {int(o)} in spatial dimension {dim}: the transposed convolution of "
+                        f"input size {i} has {full} outputs before the padding {p} is cropped from them"
+                    )
                 raise ValueError(
                     f"impossible output size {int(o)} in spatial dimension {dim}: input size {i} with padding {p} "
                     f"is smaller than the dilated kernel {d}·({k}−1)+1={d * (k - 1) + 1}"
