@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import opt_einsum as oe
 import sympy
+import torch
 
 from tnderiv.api import _network, check_tensors
 from tnderiv.calculus.kfac import (
@@ -80,6 +81,12 @@ def _key(factor: Any, tensors: Mapping[str, Any], like: Any, optimize: Any, *fla
 
 def _prepare(factor: Factor, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any, keep_half: bool) -> _Prepared:
     names = factor.source.operand_names
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise ValueError(
+            f"KFAC of this layer needs operands {missing} besides {sorted(tensors)} (e.g. a normalization layer's x_hat); "
+            "only layers whose weight VJP splits into x and grad_out are supported"
+        )
     operands = {name: tensors[name] for name in names}
     plans, bindings, sizes = _PREPARED.get_or_build(
         _key(factor, operands, like, optimize, keep_half), lambda: _compile(factor, operands, like, optimize, check, keep_half)
@@ -200,8 +207,6 @@ class KroneckerBlock:
 
     def dense(self) -> Any:
         """``[G, d_out·d_in, d_out·d_in]``."""
-        import torch
-
         g, a, b = self.left.shape[0], self.left.shape[-1], self.right.shape[-1]
         kron = torch.einsum("gij,gkl->gikjl", self.left, self.right).reshape(g, a * b, a * b)
         if self.weights is None:
@@ -227,8 +232,6 @@ class KroneckerOperator:
         out: dict[str, Any] = {}
         for block in self.blocks:
             parts = [layout.to_blocks(tensors[layout.name]) for layout in block.layouts]
-            import torch
-
             result = block.apply(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
             start = 0
             for layout in block.layouts:
@@ -244,8 +247,6 @@ class KroneckerOperator:
 
     def to_dense(self) -> Any:
         """The dense ``[P, P]`` matrix (small layers only)."""
-        import torch
-
         first = self.blocks[0].left
         dense = torch.zeros(self.numel, self.numel, dtype=first.dtype, device=first.device)
         offsets = dict(zip((p.name for p in self.params), np.cumsum([0] + [p.numel for p in self.params]).tolist()))
@@ -282,8 +283,6 @@ class KroneckerOperator:
 
 
 def _cat_flat(tensors: Sequence[Any]) -> Any:
-    import torch
-
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
@@ -307,8 +306,6 @@ class KFAC(KroneckerOperator):
     def inverse(self, damping: float = 0.0, *, damp: str = "exact") -> KroneckerOperator:
         """``(KFAC + damping·I)⁻¹`` (``damp="exact"``) or ``(A + √δ I)⁻¹ ⊗ (G + √δ I)⁻¹`` per block
         (``damp="factors"``), from eigendecompositions of the factors."""
-        import torch
-
         if not isinstance(damping, (int, float)) or isinstance(damping, bool) or damping < 0:
             raise ValueError(f"damping={damping!r}: expected a non-negative number")
         if damp not in ("exact", "factors"):
@@ -419,8 +416,6 @@ def _finish_inputs(side: _Side) -> _InputResult:
 
 
 def _cat(tensors: Sequence[Any], dim: int) -> Any:
-    import torch
-
     return torch.cat(list(tensors), dim=dim)
 
 
@@ -446,6 +441,14 @@ def _is_sqrt(network: LayerNetwork, grad_out: Any, hessian_sqrt: bool | None) ->
     )
 
 
+def _check_torch(tensors: Mapping[str, Any]) -> None:
+    """Validate like every entry point, then require torch tensors (the Kronecker operator uses torch.linalg)."""
+    check_tensors(tensors)
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}; KFAC needs torch tensors")
+
+
 def _check_flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: expected a bool")
@@ -462,7 +465,7 @@ def kfac_factors_input(
     """
     approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
     _check_flag("unreduced", unreduced)
-    check_tensors({"x": x})
+    _check_torch({"x": x})
     network = _network(layer, {"x": tuple(x.shape)})
     side = _input_side(network, x, approx_, bias_, optimize, unreduced)
     result = _finish_inputs(side)
@@ -494,7 +497,7 @@ def kfac_factors_output(
     _check_flag("unreduced", unreduced)
     if hessian_sqrt is not None:
         _check_flag("hessian_sqrt", hessian_sqrt)
-    check_tensors({"grad_out": grad_out})
+    _check_torch({"grad_out": grad_out})
     network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
     G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, unreduced).evaluate()
     return (G, g) if unreduced else G
@@ -533,7 +536,7 @@ def kfac(
     ``G[g] ⊗ A[g]`` per group of the weight.
     """
     approx_, bias_, loss_average_ = Approx.parse(approx), BiasMode.parse(bias), parse_loss_average(loss_average)
-    check_tensors({"x": x, "grad_out": grad_out})
+    _check_torch({"x": x, "grad_out": grad_out})
     network = _network(layer, {"x": tuple(x.shape)})
     sqrt = _is_sqrt(network, grad_out, None)
     ins = _input_side(network, x, approx_, bias_, optimize, False)
@@ -547,19 +550,19 @@ def kfac(
     if "bias" not in network.params:
         return KFAC((KroneckerBlock((weight,), G, inputs.A),), (weight,), inputs.A, G, None, None, approx_.value, bias_.value, plans)
     bias_split, _, _ = bias_input_factors(network, approx_)
-    bias = _layout(bias_split, sizes)
+    bias_layout = _layout(bias_split, sizes)
     if bias_ is BiasMode.APPEND:
-        block = KroneckerBlock((weight, bias), G, inputs.A)
-        return KFAC((block,), (weight, bias), inputs.A, G, None, None, approx_.value, bias_.value, plans)
+        block = KroneckerBlock((weight, bias_layout), G, inputs.A)
+        return KFAC((block,), (weight, bias_layout), inputs.A, G, None, None, approx_.value, bias_.value, plans)
     G_bias = G
     _, weight_factor = output_factor(network, approx_, loss_average_, sqrt)
     _, bias_factor = output_factor(network, approx_, loss_average_, sqrt, "bias")
-    if bias_factor.whole != weight_factor.whole:
+    if bias_factor.glued != weight_factor.glued:
         side = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False, "bias")
         G_bias = side.evaluate()[0]
         plans["G_bias"] = tuple(side.prepared.plans)
-    blocks = (KroneckerBlock((weight,), G, inputs.A), KroneckerBlock((bias,), G_bias, inputs.A_bias))
-    return KFAC(blocks, (weight, bias), inputs.A, G, inputs.A_bias, G_bias, approx_.value, bias_.value, plans)
+    blocks = (KroneckerBlock((weight,), G, inputs.A), KroneckerBlock((bias_layout,), G_bias, inputs.A_bias))
+    return KFAC(blocks, (weight, bias_layout), inputs.A, G, inputs.A_bias, G_bias, approx_.value, bias_.value, plans)
 
 
 def _check_agree(ins: _Side, outs: _Side, x: Any, grad_out: Any) -> None:

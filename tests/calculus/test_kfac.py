@@ -361,6 +361,25 @@ def test_reduce_never_unfolds_the_input() -> None:
     assert len(copies) == 2 and not (copies[0] & copies[1]) - {"n", "g"}, str(d)
 
 
+def test_layer_given_only_by_its_diagram() -> None:
+    """A dense layer written as a diagram: with its sharing leg declared, KFAC matches the unfold-free
+    definition; undeclared, the VJP does not split and the error names the joining leg."""
+    from tnderiv.ir import Diagram, operand, size_symbol
+
+    sizes = {"n": size_symbol("N"), "t": size_symbol("T"), "c_in": 3, "c_out": 2}
+    forward = Diagram((operand("x", "n", "t", "c_in"), operand("weight", "c_out", "c_in")), ("n", "t", "c_out"), sizes)
+    x = torch.randn(4, 5, 3, dtype=DT)
+    grad = torch.randn(4, 5, 2, dtype=DT)
+    declared = tnderiv.DiagramLayer(forward, ("x",), ("weight",), shared_legs=("t",))
+    for approx in APPROX:
+        k = tnderiv.kfac(declared, x, grad, approx=approx, loss_average=None)
+        _close(k.A, ref.input_factor(x[:, :, None], approx))
+        _close(k.G, ref.output_factor(ref.dense_output_rows(grad, False), approx, 1.0))
+    undeclared = tnderiv.DiagramLayer(forward, ("x",), ("weight",))
+    with pytest.raises(ValueError, match=r"legs \['t'\] join \['x'\] to grad_out"):
+        tnderiv.kfac(undeclared, x, grad)
+
+
 def test_registered_diagrams() -> None:
     spec = tnderiv.Linear(3, 2)
     for quantity in ("kfac_input_expand", "kfac_input_reduce", "kfac_output_expand", "kfac_output_reduce"):
@@ -518,6 +537,8 @@ def test_bad_arguments_raise_naming_them() -> None:
         tnderiv.kfac(spec, x, g).matvec(torch.randn(3))
 
 
-def test_layer_coupling_the_batch_is_rejected() -> None:
+def test_unsupported_layers_are_rejected() -> None:
     with pytest.raises(ValueError, match="couples the samples"):
         tnderiv.kfac_factors_input(tnderiv.BatchNorm(3), torch.randn(4, 3, 2, dtype=DT))
+    with pytest.raises(ValueError, match=r"needs operands \['x_hat'\]"):
+        tnderiv.kfac(tnderiv.LayerNorm(4), torch.randn(3, 4, dtype=DT), torch.randn(3, 4, dtype=DT))
