@@ -33,15 +33,22 @@ def torch_weight_grad(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torc
 
 @pytest.fixture
 def count_planning(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts opt_einsum path searches (the planning work a cached call must skip)."""
+    """Counts opt_einsum path searches and Plan constructions (the work a cached call must skip)."""
     calls = [0]
-    real = oe.contract_path
+    real_path = oe.contract_path
+    real_plan = compiled.Plan
 
-    def counting(*args, **kwargs):
+    def counting_path(*args, **kwargs):
         calls[0] += 1
-        return real(*args, **kwargs)
+        return real_path(*args, **kwargs)
 
-    monkeypatch.setattr(oe, "contract_path", counting)
+    class CountingPlan(real_plan):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            calls[0] += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(oe, "contract_path", counting_path)
+    monkeypatch.setattr(compiled, "Plan", CountingPlan)
     return calls
 
 
