@@ -58,14 +58,17 @@ class StatChoice:
 
     ``strategy``: ``"glued"`` (the per-sample network contracted with its copy, nothing per-sample
     stored) or ``"materialize"`` (per-sample gradients first, then the statistic on them).
-    ``glued_flops`` / ``materialize_flops``: the planner's FLOPs of each way on its own (the latter
-    includes computing the per-sample gradients; ``None`` where that way was not planned).
-    ``plans``: the plans that ran (materialize: the per-sample-gradient plan, then the statistic's).
+    ``glued_cost`` / ``materialize_cost``: the planner's score of each way on its own (see
+    ``plan_cost``; materialize includes computing the per-sample gradients), ``*_flops`` their FLOPs;
+    ``None`` where that way was not planned. ``plans``: the plans that ran (materialize: the
+    per-sample-gradient plan, then the statistic's).
     """
 
     stat: str
     param: str
     strategy: str
+    glued_cost: float | None
+    materialize_cost: float | None
     glued_flops: int | None
     materialize_flops: int | None
     plans: tuple[Plan, ...]
@@ -100,8 +103,8 @@ class GradStats(Mapping[str, Mapping[str, Any]]):
         for stat, per_param in self.choices.items():
             for param, c in per_param.items():
                 lines.append(
-                    f"{stat}[{param}]: {c.strategy} (glued flops={_fmt(c.glued_flops)}, "
-                    f"materialize flops={_fmt(c.materialize_flops)})"
+                    f"{stat}[{param}]: {c.strategy} (glued cost={_fmt(c.glued_cost)} flops={_fmt(c.glued_flops)}; "
+                    f"materialize cost={_fmt(c.materialize_cost)} flops={_fmt(c.materialize_flops)})"
                 )
                 if plans:
                     lines.extend("    " + line for p in c.plans for line in str(p).splitlines())
@@ -126,7 +129,7 @@ def grad_stats(
 
     ``sum_grad_squared`` ``[*param]``, ``batch_l2`` ``[N]``, ``variance`` ``[*param]``
     (``(1/N)Σ g² − ((1/N)Σ g)²``), ``batch_dot`` ``[N, N]``. ``strategy="auto"`` picks, per parameter,
-    the cheaper of contracting the glued network and materializing ``g`` (planner FLOPs); the result's
+    the cheaper of contracting the glued network and materializing ``g`` (``plan_cost``); the result's
     ``choices`` / ``report()`` show the choice and both costs.
     """
     names = _check_stats(stats)
@@ -160,7 +163,7 @@ def grad_stats(
             if strategy != "glued":
                 expr = _on_materialized(psg_expr, stat)
                 mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize)
-        use = _choose(names, strategy, psg_plan.flops, glued, mat)
+        use = _choose(names, strategy, plan_cost(psg_plan), glued, mat)
         psg = psg_plan(inputs) if "materialize" in use.values() else None
         for stat in names:
             if use[stat] == "materialize":
@@ -173,6 +176,8 @@ def grad_stats(
                 stat,
                 param,
                 use[stat],
+                plan_cost(glued[stat]) if stat in glued else None,
+                plan_cost(psg_plan) + plan_cost(mat[stat]) if stat in mat else None,
                 glued[stat].flops if stat in glued else None,
                 psg_plan.flops + mat[stat].flops if stat in mat else None,
                 ran,
@@ -181,16 +186,29 @@ def grad_stats(
 
 
 def _choose(
-    names: tuple[str, ...], strategy: str, psg_flops: int, glued: Mapping[str, Plan], mat: Mapping[str, Plan]
+    names: tuple[str, ...], strategy: str, psg_cost: float, glued: Mapping[str, Plan], mat: Mapping[str, Plan]
 ) -> dict[str, str]:
     """Per statistic, glued or materialize: the per-sample gradients are computed at most once and shared."""
     if strategy != "auto":
         return dict.fromkeys(names, strategy)
-    all_glued = sum(glued[s].flops for s in names)
-    with_psg = psg_flops + sum(min(glued[s].flops, mat[s].flops) for s in names)
-    if all_glued <= with_psg:
+    g = {s: plan_cost(glued[s]) for s in names}
+    m = {s: plan_cost(mat[s]) for s in names}
+    if sum(g.values()) <= psg_cost + sum(min(g[s], m[s]) for s in names):
         return dict.fromkeys(names, "glued")
-    return {s: "glued" if glued[s].flops < mat[s].flops else "materialize" for s in names}
+    return {s: "glued" if g[s] < m[s] else "materialize" for s in names}
+
+
+def plan_cost(plan: Plan) -> float:
+    """What the planner ranks contraction orders by: its structure-aware time score (FLOPs plus data
+    moved), summed over the plan's steps; plain FLOPs where the planner reports no data movement."""
+    try:
+        from tnderiv.plan.cost import StepCost, total_time
+    except ImportError:  # pragma: no cover - planners without the structure-aware model
+        return float(plan.flops)
+    steps = plan.steps()
+    if not all(hasattr(step, "moved") for step in steps):  # pragma: no cover
+        return float(plan.flops)
+    return total_time([StepCost(step.kind, step.flops_dense, step.flops, step.moved, step.size) for step in steps])
 
 
 @lru_cache(maxsize=256)
@@ -236,8 +254,8 @@ def _check_param(param: Any, params: Sequence[str]) -> None:
         raise ValueError(f"param={param!r}: unknown parameter; this layer has {list(params)}")
 
 
-def _fmt(flops: int | None) -> str:
-    return "not planned" if flops is None else f"{flops:,}"
+def _fmt(value: float | None) -> str:
+    return "not planned" if value is None else f"{value:,.0f}"
 
 
-__all__ = ["DEFAULT_STATS", "GGN_KINDS", "STRATEGIES", "GradStats", "StatChoice", "ggn", "grad_stats", "loss_hessian_sqrt"]
+__all__ = ["DEFAULT_STATS", "GGN_KINDS", "STRATEGIES", "GradStats", "StatChoice", "ggn", "grad_stats", "loss_hessian_sqrt", "plan_cost"]
