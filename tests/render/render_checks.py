@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tnderiv.ir import Diagram
 from tnderiv.render.geometry import segment_distance
 from tnderiv.render.model import Picture, ShapeKind
@@ -10,7 +12,8 @@ from tnderiv.render.model import Picture, ShapeKind
 def layout_problems(diagram: Diagram, picture: Picture) -> list[str]:
     """Everything wrong with ``picture`` as a drawing of the single ``diagram`` (prefix-free keys)."""
     problems = []
-    hidden = set(picture.hidden_legs)
+    hidden = set(picture.hidden_legs) & set(diagram.sizes)
+    hidden = {leg for leg in hidden if diagram.sizes[leg] == 1}
     visible = [leg for leg in diagram.sizes if leg not in hidden]
     drawn = [leg.name for leg in picture.legs]
     for leg in visible:
@@ -83,7 +86,9 @@ def dangling_ends(picture: Picture) -> list[str]:
         for path in leg.paths:
             ends = [path.start, path.end]
             touching = [
-                by_key[k] for k in leg.ends if k in by_key and any(by_key[k].box.inflate(0.01).contains(p) for p in ends)
+                by_key[k]
+                for k in leg.ends
+                if k in by_key and any(by_key[k].box.inflate(0.01).contains(p) for p in ends)
             ]
             if not touching:
                 problems.append(f"a path of leg {leg.name} touches none of its shapes {leg.ends}")
@@ -92,3 +97,16 @@ def dangling_ends(picture: Picture) -> list[str]:
 
 def count_kind(picture: Picture, kind: ShapeKind) -> int:
     return sum(1 for s in picture.shapes if s.kind is kind)
+
+
+def term_picture(picture: Picture, index: int) -> Picture:
+    """The part of a sum's picture that draws term ``index`` (keys without the ``t{index}.`` prefix)."""
+    prefix = f"t{index}."
+    shapes = tuple(replace(s, key=s.key[len(prefix) :]) for s in picture.shapes if s.key.startswith(prefix))
+    legs = tuple(
+        replace(leg, ends=tuple(e[len(prefix) :] for e in leg.ends))
+        for leg in picture.legs
+        if leg.ends and all(e.startswith(prefix) for e in leg.ends)
+    )
+    hidden_nodes = tuple(k[len(prefix) :] for k in picture.hidden_nodes if k.startswith(prefix))
+    return Picture(shapes, legs, (), (), picture.hidden_legs, hidden_nodes)

@@ -23,9 +23,15 @@ def _main(argv: list[str]) -> int:
     [
         ("conv2d", Conv(2, 2, 3, dims=2)),
         ("conv2d:stride=2,groups=2", Conv(4, 4, 3, dims=2, stride=2, groups=2)),
-        ("conv1d:kernel=5,dilation=2,padding=same,bias=false", Conv(2, 2, 5, dims=1, dilation=2, padding="same", bias=False)),
+        (
+            "conv1d:kernel=5,dilation=2,padding=same,bias=false",
+            Conv(2, 2, 5, dims=1, dilation=2, padding="same", bias=False),
+        ),
         ("conv2d:stride=2x1", Conv(2, 2, 3, dims=2, stride=(2, 1))),
-        ("conv_transpose2d:stride=2,output_padding=1", Conv(2, 2, 3, dims=2, stride=2, transposed=True, output_padding=1)),
+        (
+            "conv_transpose2d:stride=2,output_padding=1",
+            Conv(2, 2, 3, dims=2, stride=2, transposed=True, output_padding=1),
+        ),
         ("linear:in=8,out=5", Linear(8, 5)),
     ],
 )

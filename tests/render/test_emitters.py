@@ -85,7 +85,9 @@ def test_missing_pdflatex_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "d.pdf").exists()
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdftoppm") is None, reason="needs pdflatex and pdftoppm")
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None or shutil.which("pdftoppm") is None, reason="needs pdflatex and pdftoppm"
+)
 def test_save_pdf_and_png(tmp_path: Path) -> None:
     expr = _conv_vjp_weight()
     pdf = save(expr, tmp_path / "d.pdf").read_bytes()

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from render_checks import layout_problems, term_picture
 
-from tnderiv.render.gallery import gallery_files
+from tnderiv.render.gallery import Entry, gallery_entries, gallery_files
 from tnderiv.render.tikz import STANDALONE
 
 GALLERY = Path(__file__).resolve().parents[2] / "diagrams"
@@ -23,12 +24,33 @@ def _committed() -> dict[str, str]:
     return {k: p.read_text(encoding="utf-8") for k, p in files.items() if p.exists()}
 
 
-def test_committed_gallery_is_up_to_date() -> None:
-    expected, committed = gallery_files(), _committed()
+@pytest.fixture(scope="module")
+def entries() -> list[Entry]:
+    return gallery_entries()
+
+
+def test_committed_gallery_is_up_to_date(entries: list[Entry]) -> None:
+    expected, committed = gallery_files(entries=entries), _committed()
     missing = sorted(set(expected) - set(committed))
     extra = sorted(set(committed) - set(expected))
     changed = sorted(k for k in set(expected) & set(committed) if expected[k] != committed[k])
-    assert not (missing or extra or changed), f"gallery is stale ({REGENERATE}): missing {missing[:5]}, extra {extra[:5]}, changed {changed[:5]}"
+    assert not (missing or extra or changed), (
+        f"gallery is stale ({REGENERATE}): missing {missing[:5]}, extra {extra[:5]}, changed {changed[:5]}"
+    )
+
+
+def test_every_gallery_drawing_is_clean(entries: list[Entry]) -> None:
+    """Every leg drawn once, every node placed, no overlaps, labelled open legs: in every term of the gallery."""
+    problems = []
+    checked = 0
+    for entry in entries:
+        if entry.picture is None or entry.quantity.startswith("derivation"):
+            continue
+        for index, term in enumerate(getattr(entry.expression, "terms", (entry.expression,))):
+            found = layout_problems(term, term_picture(entry.picture, index))
+            problems += [f"{entry.layer}/{entry.quantity} term {index}: {p}" for p in found]
+            checked += 1
+    assert checked > 150 and problems == []
 
 
 def test_gallery_readme_shows_every_drawing() -> None:

@@ -147,7 +147,11 @@ def _sum(*terms):
 
 
 def test_every_leg_of_a_hand_made_network_with_a_summed_stub() -> None:
-    d = Diagram((operand("a", "i", "j"), operand("b", "j", "k"), delta("k", "l", "m")), ("i", "l"), {"i": 2, "j": 3, "k": 4, "l": 4, "m": 4})
+    d = Diagram(
+        (operand("a", "i", "j"), operand("b", "j", "k"), delta("k", "l", "m")),
+        ("i", "l"),
+        {"i": 2, "j": 3, "k": 4, "l": 4, "m": 4},
+    )
     picture = layout_diagram(d)
     assert layout_problems(d, picture) == []
     m = next(leg for leg in picture.legs if leg.name == "m")

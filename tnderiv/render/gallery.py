@@ -99,9 +99,11 @@ def _derivation_entry(layer: str, spec_text: str, network) -> Entry:
     return Entry(layer, spec_text, "derivation_vjp_weight", derivation.result, picture)
 
 
-def gallery_files(layers: tuple[tuple[str, str], ...] = GALLERY_LAYERS) -> dict[str, str]:
+def gallery_files(
+    layers: tuple[tuple[str, str], ...] = GALLERY_LAYERS, entries: list[Entry] | None = None
+) -> dict[str, str]:
     """The gallery as ``{path relative to diagrams/: text}``: per drawing a ``.tex`` snippet and an ``.svg``, and README.md."""
-    entries = gallery_entries(layers)
+    entries = gallery_entries(layers) if entries is None else entries
     files: dict[str, str] = {}
     for entry in entries:
         if entry.picture is not None:

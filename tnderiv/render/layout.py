@@ -22,7 +22,7 @@ from tnderiv.render.model import LEG_PT, NOTE_PT, OPERAND_PT, Leg, LegKind, Pict
 
 COL_GAP = 1.35  # between the boxes of neighbouring columns (room for leg labels)
 ROW_GAP = 0.75  # between nodes stacked in a column
-MIRROR_GAP = 1.3  # between a copy and its mirror image
+MIRROR_GAP = 1.6  # between a copy and its mirror image
 STUB = 0.45  # length of an open leg's stub
 PORT_MIN = 0.18  # least distance between two legs leaving one side of a node
 DOT = 0.12  # diameter of delta and hyperedge dots
@@ -252,11 +252,16 @@ def _place_nodes(state: _State, pairs: list[tuple[int, int]] | None) -> None:
         previous_width = width
         # a stacked node whose open leg hangs into the gap needs room for the stub and its label
         gap = ROW_GAP + 0.4 * (len(members) > 2 and any(_has_stub(state, i) for i in members[1:-1]))
-        total = sum(shapes[i].height for i in members) + gap * (len(members) - 1)
+        # neighbours joined by legs need room for the legs' labels (and dots) between them
+        gaps = [
+            max(gap, 1.3) if set(state.legs_of[a]) & set(state.legs_of[b]) else gap
+            for a, b in zip(members, members[1:])
+        ]
+        total = sum(shapes[i].height for i in members) + sum(gaps)
         y = total / 2
-        for i in members:
+        for i, below in zip(members, gaps + [0.0]):
             centers[i] = (x, y - shapes[i].height / 2)
-            y -= shapes[i].height + gap
+            y -= shapes[i].height + below
             state.columns[node_key(i)] = c
     _center_connectors(state, by_column, centers, shapes)
     _place_satellites(state, satellites, centers, shapes)
@@ -382,7 +387,8 @@ def _is_open(state: _State, leg: str) -> bool:
 
 
 def _place_dots(state: _State, ends: dict[str, list[str]], pins: dict[str, Point]) -> None:
-    for leg, keys in ends.items():
+    # dots of open legs come last: their stubs then see every other leg
+    for leg, keys in sorted(ends.items(), key=lambda item: _is_open(state, item[0])):
         if len(keys) + _is_open(state, leg) < 3:
             continue
         key = dot_key(leg)
@@ -412,9 +418,11 @@ def _free_spot(state: _State, bary: Point, keys: list[str], leg: str) -> Point:
     walls = [(s.key, s.box.inflate(0.05)) for s in state.shapes.values() if not s.is_dot]
     for step in range(8):
         r = 0.4 * step
-        for direction in DIRECTIONS_8 if step else ((0.0, 0.0),):
+        # a leg shared by a network and its mirror image keeps its dot on the axis
+        directions = (((1.0, 0.0), (-1.0, 0.0)) if on_axis else DIRECTIONS_8) if step else ((0.0, 0.0),)
+        for direction in directions:
             p = (bary[0] + r * direction[0], bary[1] + r * direction[1])
-            score = r + (0.6 if on_axis and direction[1] else 0.0)
+            score = r
             score += 100 * sum(box.contains(p) for box in keep_clear)
             score += 100 * sum(distance(c, p) < 0.45 for c in dots)
             if score >= best_score:
@@ -425,8 +433,8 @@ def _free_spot(state: _State, bary: Point, keys: list[str], leg: str) -> Point:
             for zone in zones:
                 score += 50 * zone.contains(p) + 3 * sum(zone.hits_segment(e, p) for e in ends)
             for k, e in zip(keys, ends):
-                score += 4 * sum(1 for key, wall in walls if key != k and wall.hits_segment(e, p))
-                score += 15 * sum(_alongside(e, p, a, b) for a, b in edges)
+                score += 12 * sum(1 for key, wall in walls if key != k and wall.hits_segment(e, p))
+                score += 15 * sum(_alongside(e, p, a, b) for a, b in edges + spokes)
             if _is_open(state, leg) and score < best_score:
                 own = [(e, p) for e in ends]
                 score += _open_stub_cost(state, p, edges + own + spokes, leg)
@@ -707,6 +715,20 @@ def _side(shape: Shape, target: Point) -> str:
     return "top" if dy > 0 else "bottom"
 
 
+def _side_angle(side: str, center: Point, target: Point) -> float:
+    """Angle of ``target`` seen from ``center``, increasing top→bottom (left, right sides) or left→right (top, bottom)."""
+    dx, dy = target[0] - center[0], target[1] - center[1]
+    return round(
+        {
+            "right": -math.atan2(dy, dx),
+            "left": -math.atan2(dy, -dx),
+            "top": math.atan2(dx, dy),
+            "bottom": math.atan2(dx, -dy),
+        }[side],
+        6,
+    )
+
+
 def _assign_ports(state: _State, conns: dict[str, list[_Conn]]) -> None:
     """Spread the legs leaving each side of a box over distinct ports (growing the box if needed)."""
     for key, items in conns.items():
@@ -737,11 +759,9 @@ def _assign_ports(state: _State, conns: dict[str, list[_Conn]]) -> None:
         for side, members in sides.items():
             vertical = side in ("left", "right")
             length = height if vertical else width
-            if vertical:
-                members.sort(key=lambda c: (-c.target[1], c.rank))
-            else:
-                members.sort(key=lambda c: (c.target[0], c.rank))
-            step = min(0.3, (length - 0.2) / (len(members) - 1)) if len(members) > 1 else 0.0
+            # in angular order around the node, so legs leaving one side do not cross each other
+            members.sort(key=lambda c: (_side_angle(side, shape.center, c.target), c.rank))
+            step = min(0.4, (length - 0.2) / (len(members) - 1)) if len(members) > 1 else 0.0
             for j, c in enumerate(members):
                 offset = (j - (len(members) - 1) / 2) * step
                 if side == "right":
