@@ -122,3 +122,16 @@ def test_repeated_operand_uses_the_product_rule() -> None:
     tangent = torch.randn_like(x)
     _, expected = torch.func.jvp(lambda x_: f(x_, w), (x,), (tangent,))
     torch.testing.assert_close(tnderiv.jvp(layer, "x", tangent, x=x, weight=w), expected, **TOL)
+
+
+def test_repeated_call_derives_once() -> None:
+    """A diagram layer's quantities are derived (and simplified) once, like a Conv's, not on every call."""
+    from tnderiv.calculus.quantities import derive
+
+    layer = bilinear(with_bias=False)
+    t = operands(with_bias=False)
+    g = torch.ones(N, O_, dtype=torch.float64)
+    tnderiv.vjp(layer, "weight", g, x1=t["x1"], x2=t["x2"])
+    misses = derive.cache_info().misses
+    tnderiv.vjp(layer, "weight", g, x1=t["x1"], x2=t["x2"])
+    assert derive.cache_info().misses == misses
