@@ -54,13 +54,14 @@ class _Prepared:
     operands: dict[str, Any]
     bindings: Bindings
     sizes: dict[str, int]
+    copy_scale: float = 1.0
 
     def run(self) -> tuple[Any, Any]:
         """``(factor, evaluated half or None)``."""
         first = self.plans[0](self.operands)
         if len(self.plans) == 1:
             return first, None
-        return self.plans[1]({self.factor.half_name: first}), first
+        return self.plans[1]({self.factor.half_name: first, self.factor.copy_name: first * self.copy_scale}), first
 
 
 def _two_stage(half: Diagram) -> bool:
@@ -88,24 +89,28 @@ def _prepare(factor: Factor, tensors: Mapping[str, Any], like: Any, optimize: An
             "only layers whose weight VJP splits into x and grad_out are supported"
         )
     operands = {name: tensors[name] for name in names}
-    plans, bindings, sizes = _PREPARED.get_or_build(
+    plans, bindings, sizes, copy_scale = _PREPARED.get_or_build(
         _key(factor, operands, like, optimize, keep_half), lambda: _compile(factor, operands, like, optimize, check, keep_half)
     )
-    return _Prepared(factor, plans, operands, bindings, sizes)
+    return _Prepared(factor, plans, operands, bindings, sizes, copy_scale)
 
 
 def _compile(
     factor: Factor, operands: Mapping[str, Any], like: Any, optimize: Any, check: Any, keep_half: bool
-) -> tuple[list[Plan], Bindings, dict[str, int]]:
+) -> tuple[list[Plan], Bindings, dict[str, int], float]:
     bindings = bind_sizes(factor.source, {name: tuple(t.shape) for name, t in operands.items()}, check)
     sizes = {leg: bindings.value(size) for leg, size in factor.source.sizes.items()}
     if factor.half is not None and factor.gram is not None and (keep_half or _two_stage(factor.half)):
         first = _plan(factor.half, operands, like, optimize, check)
         shape = tuple(_prod(sizes, axis) for axis in factor.half_axes)
-        second = get_plan(_bound(factor.gram, factor, bindings, sizes), {factor.half_name: shape}, like, optimize)
-        return [first, second], bindings, sizes
+        gram = _bound(factor.gram, factor, bindings, sizes)
+        assert factor.copy_name, "a two-stage factor glues its half to a copy"
+        # the copy operand is passed pre-multiplied: a pass over the half, not over the (larger) factor
+        copy_scale = float(gram.coefficient)
+        second = get_plan(gram.replace(coefficient=1), {factor.half_name: shape, factor.copy_name: shape}, like, optimize)
+        return [first, second], bindings, sizes, copy_scale
     glued = _bound(factor.glued, factor, bindings, sizes)
-    return [_plan(glued, operands, like, optimize, check)], bindings, sizes
+    return [_plan(glued, operands, like, optimize, check)], bindings, sizes, 1.0
 
 
 def _plan(expr: Diagram, tensors: Mapping[str, Any], like: Any, optimize: Any, check: Any) -> Plan:

@@ -213,9 +213,10 @@ class Factor:
     ``whole`` is the glued network, fully simplified (what ``tnderiv.diagram`` shows). The forms that
     run keep the split's leg names (copy-tensor rules only; the planner simplifies again once sizes
     are bound): ``glued`` (one network), or ``half`` (``h``) and ``gram`` (the factor on the evaluated
-    half: operand ``half_name`` with axes ``half_axes``: each leading leg, the group legs, the own legs
-    — so the Gram is one batched GEMM; ``h'`` is either that same
-    operand, contracted once instead of twice, or a constant half such as a bias's ones). ``source``
+    half: operand ``half_name`` with axes ``half_axes`` — each leading leg, the group legs, the own
+    legs — so the Gram is one batched GEMM). ``h'`` is either the same half, contracted once instead
+    of twice (operand ``copy_name``: the runner passes it pre-multiplied by the coefficient, a pass
+    over the half instead of over the factor), or a constant half such as a bias's ones. ``source``
     is the uncollapsed half (for binding sizes); ``scale`` the factor's normalization (already in the
     coefficients). Open legs: group legs, ``h``'s own legs, ``h'``'s.
     """
@@ -227,6 +228,7 @@ class Factor:
     gram: Diagram | None = None
     half_name: str = ""
     half_axes: tuple[tuple[str, ...], ...] = ()
+    copy_name: str = ""
 
     @property
     def half_legs(self) -> tuple[str, ...]:
@@ -285,11 +287,16 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     groups = tuple(len(axis) for axis in axes)
     half = _structural(h1.replace(open_groups=groups))
     evaluated = Diagram((operand(half_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
-    other = evaluated if h2 == h1 else h2
-    if other is h2 and h2.operand_names:
+    copy_name = ""
+    if h2 == h1:
+        copy_name = f"{half_name}_scaled"
+        other = Diagram((operand(copy_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
+    elif h2.operand_names:
         raise ValueError(f"the second half of a two-stage factor must be the first or a constant, got {h2}")
+    else:
+        other = h2
     gram = _structural(_gram(evaluated, other, split, factor))
-    return Factor(whole, glued, source, half, gram, half_name, axes, scale)
+    return Factor(whole, glued, source, half, gram, half_name=half_name, half_axes=axes, copy_name=copy_name, scale=scale)
 
 
 def _structural(diagram: Diagram) -> Diagram:
