@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, terms_of
+from tnderiv.ir.diagram import Drawable
 from tnderiv.simplify.check import checking, verify
 from tnderiv.simplify.rule import Rule, get_rule, ordered_rules
 
@@ -26,8 +27,8 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Derivation:
-    """The steps of a simplification, printable step by step."""
+class Derivation(Drawable):
+    """The steps of a simplification, printable step by step and drawable as a strip of panels."""
 
     start: Expression
     steps: tuple[Step, ...]
