@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tnderiv.ir import Expression, terms_of
 from tnderiv.layers.base import LayerNetwork, Shapes
@@ -31,4 +32,10 @@ class DiagramLayer:
             raise ValueError(f"operands {sorted(unnamed)} of the diagram are neither inputs nor params")
 
     def network(self, shapes: Shapes) -> LayerNetwork:
-        return LayerNetwork(self.forward, self.inputs, self.params, self.batch_leg, self.shared_legs)
+        return _diagram_network(self)
+
+
+@lru_cache(maxsize=256)
+def _diagram_network(layer: DiagramLayer) -> LayerNetwork:
+    # one network object per layer, so that derivations cached per network are reused
+    return LayerNetwork(layer.forward, layer.inputs, layer.params, layer.batch_leg, layer.shared_legs)

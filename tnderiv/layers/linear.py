@@ -9,7 +9,8 @@ from typing import Any
 from tnderiv.ir import Diagram, DiagramSum, ones, operand, size_symbol
 from tnderiv.layers.base import LayerNetwork, Shapes, register_module
 
-_RANK_SOURCES = ("x", "grad_out", "y")
+# operands that reveal the number of weight-sharing legs, with their extra leading axes
+_RANK_SOURCES = {"x": 0, "grad_out": 0, "y": 0, "sqrt_out": 1}
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Linear:
 
     def network(self, shapes: Shapes) -> LayerNetwork:
         """The network for inputs with ``len(shape) − 2`` weight-sharing legs (0 if no shape is known)."""
-        rank = next((len(shapes[name]) for name in _RANK_SOURCES if name in shapes), 2)
+        rank = next((len(shapes[name]) - lead for name, lead in _RANK_SOURCES.items() if name in shapes), 2)
         if rank < 2:
             source = next(name for name in _RANK_SOURCES if name in shapes)
             raise ValueError(
