@@ -1,115 +1,146 @@
-"""Compiled plans: a diagram lowered to an einsum, its order chosen, compiled with constants, ready to run."""
+"""Compiled plans: a diagram's terms bound to sizes, simplified again, ordered by the structure-aware model, ready to run.
+
+For each term: bind sizes (``plan.bind``), apply the plan-stage rewrite rules (divisibility and
+other size conditions are decidable now), rank candidate contraction orders (``plan.optimizers``)
+and build the kernels of the best one (``plan.program``). ``get_plan`` caches plans in a bounded LRU
+under (diagram, shapes, backend, device, dtype, optimizer, simplify, memory limit).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import opt_einsum as oe
 import sympy
-from opt_einsum.helpers import flop_count
 
-from tnderiv.ir import Diagram, Expression, NodeKind, node_tag, terms_of
+from tnderiv.ir import Diagram, Expression, node_tag, terms_of
 from tnderiv.plan.backends import Backend, backend_of
-from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, leg_sizes
+from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
 from tnderiv.plan.cache import LRUCache
-from tnderiv.plan.constants import constant_array
-from tnderiv.plan.optimizers import cache_key, resolve
+from tnderiv.plan.constants import device_constant
+from tnderiv.plan.optimizers import Candidate, cache_key, candidate_paths, opt_einsum_path, rank, resolve
+from tnderiv.plan.program import Network, Program
+from tnderiv.plan.report import PlanStep, format_html, format_text
 
 ShapeMap = Mapping[str, tuple[int, ...]]
 
 
-@dataclass(frozen=True)
-class PlanStep:
-    """One pairwise (or single-operand) contraction of a plan, in the user's leg names."""
-
-    inputs: tuple[str, ...]
-    equation: str
-    flops: int
-    size: int
-    blas: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"inputs": list(self.inputs), "equation": self.equation, "flops": self.flops, "size": self.size, "kernel": self.blas}
-
-
-def _broadcast_legs(term: Diagram) -> tuple[str, ...]:
-    """Open legs carried only by ones nodes: added by broadcasting, not by the einsum."""
-    if all(node.kind is NodeKind.ONES for node in term.nodes):
-        return ()
-    counts = term.leg_count
-    legs = []
-    for node in term.nodes:
-        if node.kind is NodeKind.ONES and all(counts[leg] == 1 and leg in term.open_legs for leg in node.legs):
-            legs.extend(node.legs)
-    return tuple(legs)
-
-
 class TermPlan:
-    """One diagram (term) compiled for fixed leg sizes on one backend, device and dtype."""
+    """One term compiled for bound sizes on one backend, device and dtype: ``run(operands)`` → user layout."""
 
-    def __init__(self, term: Diagram, sizes: Mapping[str, int], like: Any, optimize: Any, coefficient: float = 1.0) -> None:
-        self.term = term
-        self.sizes = dict(sizes)
-        self.broadcast = _broadcast_legs(term)
-        nodes = [n for n in term.nodes if not (n.kind is NodeKind.ONES and set(n.legs) <= set(self.broadcast))]
-        self.nodes = tuple(nodes)
-        self.symbols = {leg: oe.get_symbol(j) for j, leg in enumerate(term.legs)}
-        inputs = ["".join(self.symbols[leg] for leg in node.legs) for node in nodes]
-        self.out_legs = tuple(leg for leg in term.open_legs if leg not in self.broadcast)
-        self.equation = ",".join(inputs) + "->" + "".join(self.symbols[leg] for leg in self.out_legs)
-        self.leg_shapes = [tuple(self.sizes[leg] for leg in node.legs) for node in nodes]
-        self.operand_names = tuple(None if node.is_constant else node.name for node in nodes)
-        self.coefficient = coefficient
+    def __init__(self, term: Diagram, bindings: Bindings, like: Any, optimize: Any, simplify: bool = True) -> None:
+        self.source = term
+        bound = concrete(term, bindings)
+        self.rewrites: tuple[str, ...] = ()
+        if simplify:
+            from tnderiv.simplify import simplify as run_rules
+
+            derivation = run_rules(bound, trace=True, stage="plan")
+            self.rewrites = tuple(dict.fromkeys(step.rule for step in derivation.steps))  # type: ignore[union-attr]
+            bound = derivation.result  # type: ignore[union-attr,assignment]
+        self.term: Diagram = bound
+        self.sizes = {leg: int(size) for leg, size in bound.sizes.items()}
+        self.coefficient = float(bound.coefficient)
+        self.network = Network.of(bound)
         backend = backend_of(like)
         self.backend_name = backend.name
-        resolved = resolve(optimize, len(nodes))
-        self.path, self.info = oe.contract_path(self.equation, *self.leg_shapes, shapes=True, optimize=resolved)
-        constants = [i for i, node in enumerate(nodes) if node.is_constant]
-        args = [
-            backend.from_numpy(constant_array(node, self.sizes), like) if node.is_constant else self.leg_shapes[i]
-            for i, node in enumerate(nodes)
-        ]
-        self.expression = oe.contract_expression(self.equation, *args, constants=constants, optimize=self.path)
-        full = tuple(self.sizes[leg] for leg in term.open_legs)
-        self._expand = None if not self.broadcast else (
-            tuple(self.sizes[leg] if leg in self.out_legs else 1 for leg in term.open_legs),
-            full,
-        )
+        self.itemsize = _itemsize(like)
+        inputs = self.network.inputs()
+        if not inputs:
+            self.candidates: list[Candidate] = []
+            self.program: Program | None = None
+        else:
+            if isinstance(optimize, str) and optimize == "auto":
+                named = candidate_paths(inputs, self.network.out_legs, self.sizes, backend.name)
+            else:
+                resolved = resolve(optimize, len(inputs))
+                path = resolved if isinstance(resolved, list) else opt_einsum_path([t.legs for t in inputs], self.network.out_legs, self.sizes, resolved)
+                named = [(optimize if isinstance(optimize, str) else "given", path)]
+            self.candidates = rank(named, inputs, self.network.out_legs, self.sizes, backend.name)
+            chosen = next(c for c in self.candidates if c.chosen)
+            self.program = Program(
+                self.network, chosen.path, backend.name, like, lambda node, sizes: device_constant(node, sizes, backend, like)
+            )
+        open_legs = bound.open_legs
+        self.user_shape = tuple(math.prod(self.sizes[leg] for leg in group) for group in bound.open_axis_groups)
+        keep = self.network.out_legs
+        self._expand = None
+        if self.network.broadcast:
+            self._expand = (tuple(self.sizes[leg] if leg in keep else 1 for leg in open_legs), tuple(self.sizes[leg] for leg in open_legs))
+        self._like = _empty_like(like)  # never keep a user tensor alive
+
+    @property
+    def path(self) -> list[tuple[int, ...]]:
+        return list(self.program.path) if self.program is not None else []
 
     def run(self, operands: Mapping[str, Any]) -> Any:
-        """Contract with ``operands`` (user layout, by name); result in leg layout ``[*open_legs]``."""
-        arrays = [
-            operands[name].reshape(shape) for name, shape in zip(self.operand_names, self.leg_shapes) if name is not None
-        ]
-        out = self.expression(*arrays, backend=self.backend_name)
-        if self.coefficient != 1.0:
-            out = out * self.coefficient
+        """The term's value in the user's layout of the result."""
+        if self.program is None:
+            out = _scalar(self._like, self.coefficient, self.backend_name)
+            keep_shape = (1,) * len(self.term.open_legs)
+            out = out.reshape(keep_shape)
+        else:
+            out = self.program(operands)
+            if self.coefficient != 1.0:
+                out = out * self.coefficient
         if self._expand is not None:
             keep, full = self._expand
             out = out.reshape(keep)
             out = out.expand(*full) if self.backend_name == "torch" else _cupy_broadcast(out, full)
         return out
 
-    def steps(self) -> list[PlanStep]:
-        """The contraction steps in the user's leg names."""
-        names = {sym: leg for leg, sym in self.symbols.items()}
-        current = [node_tag(node) for node in self.nodes]
-        steps = []
-        for number, (inds, removed, einsum_str, _, blas) in enumerate(self.info.contraction_list):
-            ins, out = einsum_str.split("->")
-            taken = [current.pop(i) for i in inds]  # opt_einsum pops in this order
-            operand_strs = ins.split(",")
-            named = ",".join(f"{t}[{','.join(names[s] for s in ops)}]" for t, ops in zip(taken, operand_strs))
-            equation = f"{named}->[{','.join(names[s] for s in out)}]"
-            legs_involved = set(ins.replace(",", "")) | set(out)
-            flops = flop_count(legs_involved, bool(removed), len(taken), {s: self.sizes[names[s]] for s in legs_involved})
-            size = math.prod(self.sizes[names[s]] for s in out)
-            current.append(f"#{number + 1}")
-            steps.append(PlanStep(tuple(taken), equation, int(flops), int(size), str(blas) if blas else "einsum"))
-        return steps
+    def steps(self, term_index: int = 0) -> list[PlanStep]:
+        """The steps in the user's leg names (constant-only steps are marked ``folded``)."""
+        if self.program is None:
+            return []
+        names: dict[int, str] = {j: node_tag(node) for j, node in enumerate(self.network.nodes)}
+        legs: dict[int, tuple[str, ...]] = {j: node.legs for j, node in enumerate(self.network.nodes)}
+        out = []
+        for number, (c, kernel) in enumerate(zip(self.program.contractions, self.program.kernels)):
+            taken = [names[j] for j in c.ids]
+            equation = ",".join(f"{name}[{','.join(legs[j])}]" for name, j in zip(taken, c.ids)) + f"->[{','.join(kernel.out_legs)}]"
+            names[c.out_id] = f"#{number + 1}"
+            legs[c.out_id] = kernel.out_legs
+            cost = kernel.cost
+            out.append(PlanStep(tuple(taken), equation, kernel.kind, cost.flops_dense, cost.flops, cost.moved, cost.size, term_index))
+        return out
+
+    @cached_property
+    def info(self) -> Any:
+        """opt_einsum's ``PathInfo`` for the chosen path (FLOPs under the dense model)."""
+        inputs = self.network.inputs()
+        symbol = {leg: oe.get_symbol(j) for j, leg in enumerate(self.sizes)}
+        equation = ",".join("".join(symbol[x] for x in t.legs) for t in inputs) + "->" + "".join(symbol[x] for x in self.network.out_legs)
+        shapes = [tuple(self.sizes[x] for x in t.legs) for t in inputs]
+        return oe.contract_path(equation, *shapes, shapes=True, optimize=self.path)[1]
+
+    def peak_elements(self) -> int:
+        """Most elements of intermediates alive at once while the term runs (operands and constants excluded)."""
+        if self.program is None:
+            return 0
+        sizes = {}
+        live, peak = 0, 0
+        for step in self.program.steps:
+            size = step.kernel.cost.size
+            live += size
+            sizes[step.output] = size
+            peak = max(peak, live)
+            for j in step.release:
+                live -= sizes.get(j, 0)
+        return peak
+
+
+def _scalar(like: Any, value: float, backend: str) -> Any:
+    if backend == "torch":
+        import torch
+
+        return torch.full((), value, dtype=like.dtype, device=like.device)
+    import cupy  # type: ignore[import-not-found]
+
+    return cupy.full((), value, dtype=like.dtype)
 
 
 def _cupy_broadcast(array: Any, shape: tuple[int, ...]) -> Any:
@@ -118,95 +149,175 @@ def _cupy_broadcast(array: Any, shape: tuple[int, ...]) -> Any:
     return cupy.broadcast_to(array, shape)
 
 
+def _empty_like(like: Any) -> Any:
+    """An empty array with ``like``'s backend, dtype and device (plans must not hold user tensors)."""
+    if hasattr(like, "new_empty"):
+        return like.new_empty(0)
+    import cupy  # type: ignore[import-not-found]
+
+    with cupy.cuda.Device(like.device.id):
+        return cupy.empty(0, dtype=like.dtype)
+
+
+def _itemsize(like: Any) -> int:
+    try:
+        return int(like.element_size())
+    except AttributeError:
+        return int(like.dtype.itemsize)
+
+
 class Plan:
     """A compiled expression (a diagram or a sum): call it with the operands by name.
 
-    ``plan(x=..., grad_out=...)`` returns the result in the user's layout (merged axes).
+    ``plan(x=..., grad_out=...)`` returns the result in the user's layout (merged axes). ``str(plan)``
+    reports each step (einsum with leg names, kernel kind, FLOPs under the dense and the
+    structure-aware model, sizes), the candidate orders and peak memory; see also ``to_dict``,
+    ``path``, ``info`` (opt_einsum ``PathInfo``), ``candidates``, ``to_cotengra`` and ``_repr_html_``.
+    ``memory_limit`` (bytes) splits the contraction over a batch leg when an intermediate would
+    exceed it (``chunks``).
     """
 
-    def __init__(self, expr: Expression, shapes: ShapeMap, like: Any, optimize: Any, check: Any = None) -> None:
+    def __init__(
+        self,
+        expr: Expression,
+        shapes: ShapeMap,
+        like: Any,
+        optimize: Any = "auto",
+        check: Callable[[Mapping[sympy.Symbol, int]], None] | None = None,
+        *,
+        simplify: bool = True,
+        memory_limit: int | None = None,
+    ) -> None:
+        if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit < 1):
+            raise ValueError(f"memory_limit={memory_limit!r}: expected a positive number of bytes (int) or None")
         self.expr = expr
-        operand_shapes = {k: tuple(v) for k, v in shapes.items()}
-        self.bindings = bind_sizes(expr, operand_shapes, check)
-        self.terms = tuple(
-            TermPlan(term, sizes, like, optimize, _coefficient(term.coefficient, self.bindings))
-            for term, sizes in zip(terms_of(expr), leg_sizes(expr, self.bindings))
-        )
-        first = self.terms[0]
-        self.out_shape = tuple(math.prod(first.sizes[leg] for leg in group) for group in terms_of(expr)[0].open_axis_groups)
-        self.operand_names = tuple(name for name in expr.operand_names)
-        self.shapes = operand_shapes
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.bindings = bind_sizes(expr, self.shapes, check)
+        self.optimize, self.simplify, self.memory_limit = optimize, simplify, memory_limit
+        self.term_plans = tuple(TermPlan(term, self.bindings, like, optimize, simplify) for term in terms_of(expr))
+        first = terms_of(expr)[0]
+        self.out_shape = tuple(math.prod(self.bindings.value(first.sizes[leg]) for leg in group) for group in first.open_axis_groups)
+        self.operand_names = tuple(expr.operand_names)
+        self._like = _empty_like(like)
+        self.chunks: tuple[str, int, int] | None = None
+        self._chunked = None
+        if memory_limit is not None and self.largest_intermediate_bytes > memory_limit:
+            from tnderiv.plan.chunk import ChunkedRun
 
+            self._chunked = ChunkedRun(self, memory_limit, check)
+            self.chunks = self._chunked.summary
+
+    # ----- running ---------------------------------------------------------------------------------
     def __call__(self, operands: Mapping[str, Any] | None = None, **named: Any) -> Any:
-        given = dict(operands or {}, **named)
-        missing = [name for name in self.operand_names if name not in given]
-        if missing:
-            raise ValueError(f"missing operands {missing}; the plan needs {list(self.operand_names)}")
-        total = None
-        for term in self.terms:
-            out = term.run(given)
-            total = out if total is None else total + out
-        return total.reshape(self.out_shape)
+        given = dict(operands, **named) if operands else named
+        for name in self.operand_names:
+            if name not in given:
+                missing = [n for n in self.operand_names if n not in given]
+                raise ValueError(f"missing operands {missing}; the plan needs {list(self.operand_names)}")
+        if self._chunked is not None:
+            return self._chunked(given)
+        return self.run(given)
 
-    # ----- inspection --------------------------------------------------------------------------
+    def run(self, operands: Mapping[str, Any]) -> Any:
+        """Contract without checks or chunking (operands by name, user layout)."""
+        terms = self.term_plans
+        if len(terms) == 1:
+            return terms[0].run(operands).reshape(self.out_shape)
+        total = None
+        for term in terms:
+            out = term.run(operands).reshape(self.out_shape)
+            total = out if total is None else total + out
+        return total
+
+    # ----- inspection ------------------------------------------------------------------------------
+    @property
+    def terms(self) -> tuple[TermPlan, ...]:
+        return self.term_plans
+
     @property
     def path(self) -> list[tuple[int, ...]]:
-        """The contraction path of the first term (opt_einsum format)."""
-        return list(self.terms[0].path)
+        """The contraction path of the first term (opt_einsum format; a fused convolution is one multi-operand step)."""
+        return self.term_plans[0].path
 
     @property
     def info(self) -> Any:
-        """opt_einsum's ``PathInfo`` of the first term."""
-        return self.terms[0].info
+        """opt_einsum's ``PathInfo`` of the first term's chosen path."""
+        return self.term_plans[0].info
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """The candidate orders of the first term, each with its costs; the chosen one has ``chosen=True``."""
+        return self.term_plans[0].candidates
+
+    def steps(self) -> list[PlanStep]:
+        return [step for t, term in enumerate(self.term_plans) for step in term.steps(t)]
 
     @property
     def flops(self) -> int:
-        return int(sum(step.flops for term in self.terms for step in term.steps()))
+        """FLOPs under the structure-aware model (gathers and folded constants cost no arithmetic)."""
+        return int(sum(step.flops for step in self.steps()))
+
+    @property
+    def dense_flops(self) -> int:
+        """FLOPs with every tensor treated as dense (opt_einsum's model)."""
+        return int(sum(step.flops_dense for step in self.steps()))
 
     @property
     def peak_size(self) -> int:
-        """Largest intermediate, in elements."""
-        sizes = [step.size for term in self.terms for step in term.steps()]
-        return max(sizes, default=0)
+        """Largest intermediate, in elements (constant-only steps excluded)."""
+        return max((step.size for step in self.steps() if step.kind != "folded"), default=0)
 
-    def steps(self) -> list[PlanStep]:
-        return [step for term in self.terms for step in term.steps()]
+    @property
+    def largest_intermediate_bytes(self) -> int:
+        return self.peak_size * self.term_plans[0].itemsize
+
+    @property
+    def peak_memory(self) -> int:
+        """Bytes of intermediates alive at once (the result of one term included; operands and constants excluded)."""
+        itemsize = self.term_plans[0].itemsize
+        out = math.prod(self.out_shape)
+        return max(term.peak_elements() for term in self.term_plans) * itemsize + (out * itemsize if len(self.term_plans) > 1 else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "expression": str(self.expr),
             "sizes": {str(k): v for k, v in self.bindings.symbols().items()},
             "terms": [
-                {"diagram": str(t.term), "path": [list(p) for p in t.path], "steps": [s.to_dict() for s in t.steps()]}
-                for t in self.terms
+                {
+                    "diagram": str(t.term),
+                    "rewrites": list(t.rewrites),
+                    "path": [list(p) for p in t.path],
+                    "steps": [s.to_dict() for s in t.steps(j)],
+                    "candidates": [c.to_dict() for c in t.candidates],
+                }
+                for j, t in enumerate(self.term_plans)
             ],
             "flops": self.flops,
+            "flops_dense": self.dense_flops,
             "peak_size": self.peak_size,
+            "peak_memory": self.peak_memory,
+            "memory_limit": self.memory_limit,
+            "chunks": None if self.chunks is None else {"leg": self.chunks[0], "size": self.chunks[1], "count": self.chunks[2]},
         }
 
+    def to_cotengra(self, term: int = 0) -> Any:
+        """The chosen order of term ``term`` as a ``cotengra.ContractionTree`` (needs cotengra)."""
+        try:
+            import cotengra  # type: ignore[import-not-found]
+        except ImportError:
+            raise ImportError("Plan.to_cotengra needs cotengra: pip install cotengra") from None
+        t = self.term_plans[term]
+        inputs = [tuple(node.legs) for node in t.network.nodes]
+        return cotengra.ContractionTree.from_path(inputs, tuple(t.network.out_legs), dict(t.sizes), path=t.path)
+
     def __str__(self) -> str:
-        lines = [f"plan for {self.expr}", "  sizes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.to_dict()["sizes"].items()))]
-        for t, term in enumerate(self.terms):
-            if len(self.terms) > 1:
-                lines.append(f"  term {t + 1}: {term.term}")
-            for number, step in enumerate(term.steps()):
-                lines.append(f"  {number + 1}. {step.equation}  [{step.blas}] flops={step.flops:,} size={step.size:,}")
-        lines.append(f"  total flops={self.flops:,}, largest intermediate={self.peak_size:,} elements")
-        return "\n".join(lines)
+        return format_text(self)
+
+    def _repr_html_(self) -> str:
+        return format_html(self)
 
     def __repr__(self) -> str:
         return f"<Plan {self.expr} flops={self.flops:,}>"
-
-
-def _coefficient(coefficient: sympy.Expr, bindings: Bindings) -> float:
-    """A term's coefficient as a number, with its size symbols and size expressions bound."""
-    if coefficient.is_number:
-        return float(coefficient)
-    known = {k: sympy.Integer(v) for k, v in bindings.items() if not k.is_Symbol}
-    value = coefficient.xreplace(known).xreplace({k: sympy.Integer(v) for k, v in bindings.symbols().items()})
-    if not value.is_number:
-        raise ValueError(f"coefficient {coefficient} needs values for {sorted(map(str, value.free_symbols))}")
-    return float(value)
 
 
 PLAN_CACHE: LRUCache[Plan] = LRUCache(maxsize=512)
@@ -218,8 +329,14 @@ def get_plan(
     like: Any,
     optimize: Any = "auto",
     check: Callable[[Mapping[sympy.Symbol, int]], None] | None = None,
+    *,
+    simplify: bool = True,
+    memory_limit: int | None = None,
 ) -> Plan:
-    """The compiled plan for ``expr`` at these shapes on ``like``'s backend, device and dtype (cached)."""
+    """The compiled plan for ``expr`` at these shapes on ``like``'s backend, device and dtype (cached).
+
+    ``simplify=False`` skips the plan-stage rewrites; ``memory_limit`` (bytes) bounds every intermediate.
+    """
     backend: Backend = backend_of(like)
     key: Hashable = (
         expr,
@@ -228,8 +345,10 @@ def get_plan(
         backend.device_key(like),
         backend.dtype_key(like),
         cache_key(optimize),
+        bool(simplify),
+        memory_limit,
     )
-    return PLAN_CACHE.get_or_build(key, lambda: Plan(expr, shapes, like, optimize, check))
+    return PLAN_CACHE.get_or_build(key, lambda: Plan(expr, shapes, like, optimize, check, simplify=simplify, memory_limit=memory_limit))
 
 
 __all__ = ["OUTPUT", "PLAN_CACHE", "Plan", "PlanStep", "TermPlan", "get_plan"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def folded_array(network: Diagram) -> np.ndarray:
     if unbound:
         raise ValueError(f"a folded constant needs bound sizes, but legs {sorted(unbound)} are symbolic: {network}")
     value = contract_dense(network, {}).reshape(tuple(sizes[leg] for leg in network.open_legs))
-    return _readonly(np.ascontiguousarray(value))
+    return _readonly(np.array(value, dtype=np.float64, order="C"))
 
 
 @lru_cache(maxsize=256)
@@ -75,3 +76,20 @@ def delta_array(shape: tuple[int, ...]) -> np.ndarray:
 def _readonly(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)
     return array
+
+
+_DEVICE_CONSTANTS: dict = {}
+_DEVICE_LIMIT = 512
+
+
+def device_constant(node: Node, sizes: Mapping[str, int], backend: Any, like: Any) -> Any:
+    """The node's values as an array of ``like``'s backend, dtype and device; built once per shape (bounded cache)."""
+    leg_sizes = tuple(int(sizes[leg]) for leg in node.legs)
+    key = (node, leg_sizes, backend.name, backend.device_key(like), backend.dtype_key(like))
+    value = _DEVICE_CONSTANTS.get(key)
+    if value is None:
+        value = backend.from_numpy(constant_array(node, sizes), like)
+        if len(_DEVICE_CONSTANTS) >= _DEVICE_LIMIT:
+            _DEVICE_CONSTANTS.pop(next(iter(_DEVICE_CONSTANTS)))
+        _DEVICE_CONSTANTS[key] = value
+    return value

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import opt_einsum as oe
 from opt_einsum.paths import _PATH_OPTIONS, PathOptimizer
+
+from tnderiv.ir import NodeKind
+from tnderiv.plan.conv import match_conv
+from tnderiv.plan.cost import StepCost, total_time
+from tnderiv.plan.kernels import StepInput
 
 # exact dynamic programming is affordable for layer-sized networks
 EXACT_UP_TO = 12
@@ -45,4 +51,183 @@ def cache_key(optimize: Any) -> Hashable:
     return ("object", id(optimize))
 
 
-__all__ = ["EXACT_UP_TO", "NAMES", "cache_key", "oe", "resolve"]
+
+
+# ----- candidate orders for optimize="auto" ---------------------------------------------------------
+DP_OBJECTIVES = ("flops", "size", "write", "combo")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A contraction order and its cost under both models (``time``: the structure-aware score it is ranked by)."""
+
+    name: str
+    path: tuple[tuple[int, ...], ...]
+    flops_dense: int
+    flops: int
+    moved: int
+    peak_size: int
+    time: float
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": [list(p) for p in self.path],
+            "flops_dense": self.flops_dense,
+            "flops": self.flops,
+            "moved": self.moved,
+            "peak_size": self.peak_size,
+            "score": self.time,
+            "chosen": self.chosen,
+        }
+
+
+def _equation(legs: Sequence[Sequence[str]], out_legs: Sequence[str]) -> str:
+    symbol = {leg: oe.get_symbol(j) for j, leg in enumerate(dict.fromkeys([x for ls in legs for x in ls] + list(out_legs)))}
+    return ",".join("".join(symbol[x] for x in ls) for ls in legs) + "->" + "".join(symbol[x] for x in out_legs)
+
+
+def opt_einsum_path(legs: Sequence[Sequence[str]], out_legs: Sequence[str], sizes: Mapping[str, int], optimizer: Any) -> list[tuple[int, ...]]:
+    """opt_einsum's path for a network given by legs (one tensor: one step)."""
+    if len(legs) == 1:
+        return [(0,)]
+    shapes = [tuple(sizes[x] for x in ls) for ls in legs]
+    path, _ = oe.contract_path(_equation(legs, out_legs), *shapes, shapes=True, optimize=optimizer)
+    return [tuple(p) for p in path]
+
+
+def _conv_groups(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int]) -> tuple[int, ...] | None:
+    """Positions of two data tensors and the patterns between them that form a convolution, if any."""
+    data = [j for j, t in enumerate(inputs) if not t.constant]
+    patterns = [j for j, t in enumerate(inputs) if t.node is not None and t.node.kind is NodeKind.PATTERN]
+    for x_pos, a in enumerate(data):
+        for b in data[x_pos + 1 :]:
+            between = [p for p in patterns if set(inputs[p].legs) & set(inputs[a].legs) and set(inputs[p].legs) & set(inputs[b].legs)]
+            if not between:
+                continue
+            group = (a, b, *between)
+            outside = {leg for j, t in enumerate(inputs) if j not in group for leg in t.legs} | set(out_legs)
+            legs = {leg for j in group for leg in inputs[j].legs}
+            if match_conv([inputs[j] for j in group], legs & outside, sizes) is not None:
+                return group
+    return None
+
+
+def _constant_pair(inputs: Sequence[StepInput]) -> tuple[int, int] | None:
+    constants = [j for j, t in enumerate(inputs) if t.constant]
+    for x_pos, a in enumerate(constants):
+        for b in constants[x_pos + 1 :]:
+            if set(inputs[a].legs) & set(inputs[b].legs):
+                return a, b
+    return None
+
+
+def _gather_pair(inputs: Sequence[StepInput]) -> tuple[int, int] | None:
+    """A data tensor and a pattern it reads along the pattern's input leg (an unfold)."""
+    for p, t in enumerate(inputs):
+        if t.node is None or t.node.kind is not NodeKind.PATTERN:
+            continue
+        for j, d in enumerate(inputs):
+            if not d.constant and t.legs[2] in d.legs:
+                return j, p
+    return None
+
+
+def _with_prefix(
+    inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], pick: Any
+) -> tuple[list[tuple[int, ...]], list[StepInput]]:
+    """Contract the groups ``pick(current inputs)`` finds, one after another; return the steps and what is left."""
+    current = list(inputs)
+    steps: list[tuple[int, ...]] = []
+    while len(current) > 1:
+        group = pick(current)
+        if group is None:
+            break
+        outside = {leg for j, t in enumerate(current) if j not in group for leg in t.legs} | set(out_legs)
+        legs = tuple(dict.fromkeys(leg for j in group for leg in current[j].legs if leg in outside))
+        merged = StepInput(legs, all(current[j].constant for j in group), None)
+        steps.append(tuple(sorted(group)))
+        current = [t for j, t in enumerate(current) if j not in group] + [merged]
+    return steps, current
+
+
+def candidate_paths(
+    inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str
+) -> list[tuple[str, list[tuple[int, ...]]]]:
+    """Named candidate orders: structural ones (convolutions, constants, gathers first) and opt_einsum's/cotengra's."""
+    legs = [t.legs for t in inputs]
+    if len(inputs) == 1:
+        # a permutation needs no step (a view); anything else is one reduction
+        return [("identity", [])] if sorted(legs[0]) == sorted(out_legs) else [("single", [(0,)])]
+    found: list[tuple[str, list[tuple[int, ...]]]] = []
+    structural = [("constants first", lambda cur: _constant_pair(cur))]
+    if backend == "torch":
+        structural.insert(0, ("convolution", lambda cur: _conv_groups(cur, out_legs, sizes)))
+        structural.append(("gathers first", lambda cur: _gather_pair(cur)))
+    for name, pick in structural:
+        prefix, rest = _with_prefix(inputs, out_legs, sizes, pick)
+        if prefix:
+            tail = opt_einsum_path([t.legs for t in rest], out_legs, sizes, "dp") if len(rest) > 1 else []
+            found.append((name, prefix + tail))
+    for objective in DP_OBJECTIVES:
+        optimizer = oe.paths.DynamicProgramming(minimize=objective, search_outer=True)
+        found.append((f"dp-{objective}", opt_einsum_path(legs, out_legs, sizes, optimizer)))
+    found.append(("greedy", opt_einsum_path(legs, out_legs, sizes, "greedy")))
+    cotengra = _cotengra_optimizer()
+    if cotengra is not None:
+        try:
+            found.append(("cotengra-optimal", opt_einsum_path(legs, out_legs, sizes, cotengra)))
+        except Exception:  # noqa: BLE001 - an optional extra must not break planning
+            pass
+    return found
+
+
+def _cotengra_optimizer() -> Any:
+    try:
+        import cotengra  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return cotengra.OptimalOptimizer(minimize="flops")
+
+
+def rank(
+    named: Sequence[tuple[str, Sequence[Sequence[int]]]], inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str
+) -> list[Candidate]:
+    """Score candidate orders with the structure-aware model; the best (first on ties) is marked ``chosen``."""
+    scored = []
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    for name, path in named:
+        key = tuple(tuple(p) for p in path)
+        if key in seen:
+            continue
+        seen.add(key)
+        costs = path_costs(inputs, out_legs, sizes, key, backend)
+        scored.append(
+            Candidate(
+                name,
+                key,
+                sum(c.flops_dense for c in costs),
+                sum(c.flops for c in costs),
+                sum(c.moved for c in costs),
+                max((c.size for c in costs if c.kind != "folded"), default=0),
+                total_time(costs),
+            )
+        )
+    best = min(range(len(scored)), key=lambda j: scored[j].time)
+    return [replace(c, chosen=(j == best)) for j, c in enumerate(scored)]
+
+
+def path_costs(
+    inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], path: Sequence[Sequence[int]], backend: str
+) -> list[StepCost]:
+    """The structure-aware cost of every step of ``path``."""
+    from tnderiv.plan.program import simulate, step_cost
+
+    legs_of = {j: t for j, t in enumerate(inputs)}
+    costs = []
+    for c in simulate([t.legs for t in inputs], out_legs, path):
+        step_inputs = [legs_of[j] for j in c.ids]
+        costs.append(step_cost(step_inputs, c.out_legs, sizes, backend))
+        legs_of[c.out_id] = StepInput(c.out_legs, all(t.constant for t in step_inputs), None)
+    return costs

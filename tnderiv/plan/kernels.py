@@ -1,0 +1,205 @@
+"""Kernels that run one step of a plan: einsum (GEMM-like), gather/scatter (data with a 0/1 constant), convolution.
+
+``choose_kernel`` looks at what a step contracts and returns the kernel that runs it, with its
+output leg order and its cost (``plan.cost``). Structure-aware kernels (gather, convolution) run on
+torch; other backends run every step as an einsum.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import opt_einsum as oe
+from opt_einsum.helpers import flop_count
+
+from tnderiv.ir import Node, NodeKind, PaddingMode
+from tnderiv.plan.constants import constant_array
+from tnderiv.plan.cost import StepCost
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One input of a step: its legs, and the constant node it is (``None`` for data and intermediates)."""
+
+    legs: tuple[str, ...]
+    constant: bool
+    node: Node | None = None
+
+
+def _size(legs: Sequence[str], sizes: Mapping[str, int]) -> int:
+    return math.prod(sizes[leg] for leg in legs)
+
+
+def dense_flops(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int]) -> int:
+    """opt_einsum's FLOP count of the step with every tensor dense."""
+    legs = {leg for t in inputs for leg in t.legs} | set(out_legs)
+    inner = bool({leg for t in inputs for leg in t.legs} - set(out_legs))
+    return int(flop_count(legs, inner, len(inputs), sizes))
+
+
+class Kernel:
+    """Runs one step: ``kernel(*arrays)`` (one array per input, in the step's order) → array on ``out_legs``."""
+
+    kind: str = "einsum"
+    out_legs: tuple[str, ...] = ()
+    cost: StepCost
+
+    def __call__(self, *arrays: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ----- einsum ------------------------------------------------------------------------------------
+def einsum_kind(in_legs: Sequence[Sequence[str]], out_legs: Sequence[str]) -> str:
+    """GEMM, batched GEMM, elementwise, outer product, reduction, transpose or einsum (3+ operands)."""
+    out = set(out_legs)
+    if len(in_legs) == 1:
+        return "reduction" if set(in_legs[0]) - out else "transpose"
+    if len(in_legs) > 2:
+        return "einsum"
+    a, b = set(in_legs[0]), set(in_legs[1])
+    contracted = (a & b) - out
+    batch = a & b & out
+    if contracted:
+        return "batched GEMM" if batch else "GEMM"
+    if batch:
+        return "elementwise"
+    return "outer product"
+
+
+def natural_order(in_legs: Sequence[Sequence[str]], out: set[str]) -> tuple[str, ...]:
+    """The order a matrix-multiply produces: legs on every input first, then each input's own legs."""
+    seen = list(dict.fromkeys(leg for legs in in_legs for leg in legs if leg in out))
+    everywhere = [leg for leg in seen if all(leg in legs for legs in in_legs)]
+    return tuple(everywhere + [leg for leg in seen if leg not in everywhere])
+
+
+class EinsumKernel(Kernel):
+    """A dense contraction by the backend's einsum (torch.einsum for torch)."""
+
+    def __init__(self, inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str) -> None:
+        legs = list(dict.fromkeys([leg for t in inputs for leg in t.legs] + list(out_legs)))
+        symbols = string.ascii_letters if len(legs) <= len(string.ascii_letters) else None
+        letter = {leg: (symbols[j] if symbols else oe.get_symbol(j)) for j, leg in enumerate(legs)}
+        self.equation = ",".join("".join(letter[leg] for leg in t.legs) for t in inputs) + "->" + "".join(letter[leg] for leg in out_legs)
+        self.out_legs = tuple(out_legs)
+        self.kind = einsum_kind([t.legs for t in inputs], out_legs)
+        self.backend = backend
+        self._torch = backend == "torch" and symbols is not None
+        flops = dense_flops(inputs, out_legs, sizes)
+        moved = 0 if self.kind == "transpose" else sum(_size(t.legs, sizes) for t in inputs) + _size(out_legs, sizes)
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes))
+
+    def __call__(self, *arrays: Any) -> Any:
+        if self._torch:
+            import torch
+
+            return torch.einsum(self.equation, *arrays)
+        return oe.contract(self.equation, *arrays, backend=self.backend)
+
+
+# ----- gather / scatter with a 0/1 constant ------------------------------------------------------------
+class SparseKernel(Kernel):
+    """Data ``T`` contracted with a 0/1 constant ``C`` (an index pattern or a copy tensor): ``C``'s nonzeros are index lists.
+
+    Where every output position receives at most one input element the step is a *gather*
+    (``index_select``; for an index pattern read along its input leg, an ``unfold`` view of the padded
+    input); otherwise a *scatter* (``index_add``). Copy tensors are *relabels*.
+    """
+
+    def __init__(self, data: StepInput, const: StepInput, out: set[str], sizes: Mapping[str, int], like: Any, data_index: int = 0) -> None:
+        import torch
+
+        assert const.node is not None
+        self.data_index = data_index
+        cl = const.legs
+        self.keep = [leg for leg in data.legs if leg not in cl and leg in out]
+        summed = [leg for leg in data.legs if leg not in cl and leg not in out]
+        tp = [leg for leg in data.legs if leg in cl]
+        rp = [leg for leg in cl if leg in out and leg not in self.keep]
+        self.out_legs = tuple(self.keep + rp)
+        order = self.keep + summed + tp
+        self.perm = tuple(data.legs.index(leg) for leg in order)
+        self.sum_dims = tuple(range(len(self.keep), len(self.keep) + len(summed)))
+        self.keep_shape = tuple(sizes[leg] for leg in self.keep)
+        self.rp_shape = tuple(sizes[leg] for leg in rp)
+        self.tp_size = _size(tp, sizes)
+        rp_size = _size(rp, sizes)
+        out_size = _size(self.out_legs, sizes)
+        data_size = _size(data.legs, sizes)
+        dense = dense_flops([data, const], self.out_legs, sizes)
+        self.unfold = self._unfold_plan(const.node, tp, rp, summed, sizes)
+        if self.unfold is not None:
+            self.kind = "gather"
+            self.cost = StepCost("gather", dense, 0, data_size + out_size, out_size)
+            return
+        values = constant_array(const.node, dict(zip(cl, (sizes[leg] for leg in cl))))
+        coords = np.nonzero(values)
+        nnz = len(coords[0]) if coords else int(values != 0)
+        src = _ravel([coords[cl.index(leg)] for leg in tp], [sizes[leg] for leg in tp], nnz)
+        dst = _ravel([coords[cl.index(leg)] for leg in rp], [sizes[leg] for leg in rp], nnz)
+        device = like.device
+        unique_dst = len(np.unique(dst)) == len(dst)
+        if unique_dst:
+            index = np.full(rp_size, self.tp_size, dtype=np.int64)
+            index[dst] = src
+            self.pad = bool((index == self.tp_size).any())
+            self.index = torch.as_tensor(index, device=device)
+            self.kind = "relabel" if const.node.kind is NodeKind.DELTA else "gather"
+            self.scatter = None
+            self.cost = StepCost(self.kind, dense, 0, data_size + out_size, out_size)
+        else:
+            self.src = torch.as_tensor(src, device=device)
+            self.scatter = torch.as_tensor(dst, device=device)
+            self.rp_size = rp_size
+            self.kind = "scatter"
+            self.cost = StepCost("scatter", dense, len(src) * math.prod(self.keep_shape), data_size + 2 * out_size, out_size)
+
+    def _unfold_plan(
+        self, node: Node, tp: list[str], rp: list[str], summed: list[str], sizes: Mapping[str, int]
+    ) -> tuple[int, int, int, int, int, int, bool] | None:
+        """For a zero-padded pattern read along its input leg into ``(k, o)``: an unfold view of the padded data."""
+        if node.kind is not NodeKind.PATTERN or node.pattern is None or node.pattern.mode is not PaddingMode.ZEROS:
+            return None
+        k, o, i = node.legs
+        if tp != [i] or set(rp) != {k, o} or summed:
+            return None
+        p = node.pattern
+        kk, oo, ii = sizes[k], sizes[o], sizes[i]
+        span = (kk - 1) * p.dilation + 1
+        extra = max(0, (oo - 1) * p.stride + span - p.pad_left - ii)
+        return (p.pad_left, extra, span, p.stride, oo, p.dilation, rp == [k, o])
+
+    def __call__(self, *arrays: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        t = arrays[self.data_index].permute(self.perm)
+        if self.sum_dims:
+            t = t.sum(self.sum_dims)
+        if self.unfold is not None:
+            left, right, span, stride, size, dilation, k_first = self.unfold
+            if left or right:
+                t = F.pad(t, (left, right))
+            u = t.unfold(-1, span, stride)[..., :size, ::dilation]
+            return u.transpose(-1, -2) if k_first else u
+        t = t.reshape(*self.keep_shape, self.tp_size)
+        if self.scatter is None:
+            if self.pad:
+                t = F.pad(t, (0, 1))
+            return t.index_select(-1, self.index).view(*self.keep_shape, *self.rp_shape)
+        values = t.index_select(-1, self.src)
+        out = torch.zeros(*self.keep_shape, self.rp_size, dtype=t.dtype, device=t.device)
+        out.index_add_(-1, self.scatter, values)
+        return out.view(*self.keep_shape, *self.rp_shape)
+
+
+def _ravel(coords: list[np.ndarray], shape: list[int], nnz: int) -> np.ndarray:
+    """Flat indices of the nonzeros over the given legs (all 0 when there are none)."""
+    if not coords:
+        return np.zeros(nnz, dtype=np.int64)
+    return np.ravel_multi_index(tuple(coords), tuple(shape)).astype(np.int64)
