@@ -103,12 +103,6 @@ def test_training_batchnorm_refuses_per_sample_statistics() -> None:
         tnderiv.ggn(spec, x, torch.randn(2, *x.shape, dtype=x.dtype), param="weight", per_sample=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="tnderiv/calculus/ggn.py builds even the batch GGN from per-sample VJPs and refuses layers that "
-    "couple samples; the batch GGN of γ, β is defined (the layer is affine in γ, β for fixed x̂). Reported.",
-)
 def test_training_batchnorm_batch_ggn() -> None:
     config = NormConfig("batch", (4, 3, 2), channels=3)
     x, params, stats = split_tensors(config.tensors(2))

@@ -53,10 +53,17 @@ def stack_operand(expr: Expression, name: str, leg: str, size: str = STACK_SIZE)
     return result
 
 
-def sqrt_vjp(network: LayerNetwork, param: str) -> Expression:
-    """``V[m, n, *param]``: each column of ``sqrt_out`` ``[M, *output]`` pulled back per sample to ``param``."""
-    if network.couples_batch:
-        raise ValueError("GGN quantities need per-sample VJPs, which are undefined for a layer that couples the samples of a batch")
+def sqrt_vjp(network: LayerNetwork, param: str, *, per_sample: bool = False) -> Expression:
+    """``V[m, n, *param]``: each column of ``sqrt_out`` ``[M, *output]`` pulled back per sample to ``param``.
+
+    A layer that couples samples (train-mode batch norm) is still affine in its parameters for fixed
+    ``x̂``, so the batch GGN ``Σ_n J_nᵀ H_n J_n`` is defined; only per-sample curvature is refused.
+    """
+    if per_sample and network.couples_batch:
+        raise ValueError(
+            "per-sample GGN quantities are undefined for a layer that couples the samples of a batch "
+            "(its per-sample losses depend on the whole batch); use per_sample=False"
+        )
     per_sample = vjp(network.forward, param, cotangent=SQRT_OUT, keep_open=(network.batch_leg,))
     taken = {leg for term in terms_of(per_sample) for leg in term.sizes}
     if STACK_LEG in taken:
@@ -91,7 +98,7 @@ def _legs(v: Expression) -> tuple[str, str, tuple[str, ...]]:
 
 def ggn_block(network: LayerNetwork, param: str, *, per_sample: bool = False) -> Expression:
     """``[*param, *param]`` (``[N, *param, *param]`` per sample): ``Σ_{m(,n)} V Vᵀ``."""
-    v = sqrt_vjp(network, param)
+    v = sqrt_vjp(network, param, per_sample=per_sample)
     m, n, _ = _legs(v)
     glued = glue(v, v, shared=(m, n))
     summed = sum_legs(glued, (m,) if per_sample else (m, n))
@@ -101,7 +108,7 @@ def ggn_block(network: LayerNetwork, param: str, *, per_sample: bool = False) ->
 
 def ggn_diag(network: LayerNetwork, param: str, *, per_sample: bool = False) -> Expression:
     """``[*param]`` (``[N, *param]`` per sample): ``Σ_{m(,n)} V²``."""
-    v = sqrt_vjp(network, param)
+    v = sqrt_vjp(network, param, per_sample=per_sample)
     m, n, p_legs = _legs(v)
     glued = glue(v, v, shared=(m, n, *p_legs))
     summed = sum_legs(glued, (m,) if per_sample else (m, n))
