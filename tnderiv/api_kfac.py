@@ -355,9 +355,10 @@ class _Side:
         d = _prod(sizes, self.own_legs)
         half = None
         if raw is not None:
+            # evaluated as [G, *lead, d] (group axis first, when there is one)
             own = set(self.split.group_legs) | set(self.own_legs)
             lead = [sizes[leg] for leg in self.prepared.factor.half_legs if leg not in own]
-            half = raw.reshape(*lead, groups, d)
+            half = raw.reshape(groups, *lead, d).movedim(0, -2)
         return value.reshape(groups, d, d), half, raw
 
 

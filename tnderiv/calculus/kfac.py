@@ -274,21 +274,20 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     assert isinstance(whole, Diagram)
     if not half_name:
         return Factor(whole, glued, source, scale=scale)
+    same = h2 == h1
     structural = set(split.structural_legs)
+    # group axis first: the Gram is then a batched GEMM over contiguous groups
+    group = tuple(leg for leg in h1.open_legs if leg in split.group_legs)
     lead = tuple((leg,) for leg in h1.open_legs if leg in structural and leg not in split.group_legs)
-    axes = lead + tuple(
-        axis
-        for axis in (
-            tuple(leg for leg in h1.open_legs if leg in split.group_legs),
-            tuple(leg for leg in h1.open_legs if leg not in structural),
-        )
-        if axis
-    )
+    own = tuple(leg for leg in h1.open_legs if leg not in structural)
+    axes = tuple(axis for axis in ((group,) if group else ()) + lead + ((own,) if own else ()))
+    order = tuple(leg for axis in axes for leg in axis)
     groups = tuple(len(axis) for axis in axes)
-    half = _structural(h1.replace(open_groups=groups))
+    h1 = h1.replace(open_legs=order, open_groups=groups)
+    half = _structural(h1)
     evaluated = Diagram((operand(half_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
     copy_name = ""
-    if h2 == h1:
+    if same:
         copy_name = f"{half_name}_scaled"
         other = Diagram((operand(copy_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
     elif h2.operand_names:
