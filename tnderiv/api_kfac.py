@@ -20,7 +20,7 @@ import opt_einsum as oe
 import sympy
 import torch
 
-from tnderiv.api import _network, check_tensors
+from tnderiv.api import BUFFERS, _network, check_tensors
 from tnderiv.calculus.kfac import (
     INPUT_HALF,
     Approx,
@@ -362,15 +362,22 @@ class _Side:
         return value.reshape(groups, d, d), half, raw
 
 
-def _input_side(network: LayerNetwork, x: Any, approx: Approx, bias: BiasMode, optimize: Any, keep_half: bool) -> _Side:
+def _input_side(
+    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, optimize: Any, keep_half: bool
+) -> _Side:
     split, factor = input_factor(network, approx)
+    x = tensors["x"]
+    if network.prepare is not None and set(factor.source.operand_names) & set(network.derived):
+        # operands the forward computes from x (a normalization layer's x̂)
+        tensors = {**tensors, **network.prepare(tensors)}
     append = bias is BiasMode.APPEND and "bias" in network.params
-    prepared = _prepare(factor, {"x": x}, x, optimize, network.check_sizes, keep_half or append)
+    prepared = _prepare(factor, tensors, x, optimize, network.check_sizes, keep_half or append)
     cross, corner = None, None
     if "bias" in network.params:
         _, cross_factor, own = bias_input_factors(network, approx)
         cross, corner = _PREPARED.get_or_build(
-            _key(cross_factor, {"x": x}, x, optimize, append), lambda: _bias_parts(cross_factor, own, prepared, x, optimize, append)
+            _key(cross_factor, prepared.operands, x, optimize, append),
+            lambda: _bias_parts(cross_factor, own, prepared, x, optimize, append),
         )
     return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross, corner)
 
@@ -455,25 +462,45 @@ def _check_torch(tensors: Mapping[str, Any]) -> None:
             raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}; KFAC needs torch tensors")
 
 
+def _input_tensors(layer: Any, x: Any, operands: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``x``, other operands by name and a module's running statistics, checked (torch, one dtype and device)."""
+    tensors = {"x": x, **{name: value for name, value in operands.items() if value is not None}}
+    if isinstance(layer, torch.nn.Module):
+        for name in BUFFERS:
+            if name not in tensors and isinstance(getattr(layer, name, None), torch.Tensor):
+                tensors[name] = getattr(layer, name).detach()
+    _check_torch({**tensors, **(extra or {})})
+    return tensors
+
+
 def _check_flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: expected a bool")
 
 
 def kfac_factors_input(
-    layer: Any, x: Any, approx: str = "expand", *, bias: str = "separate", unreduced: bool = False, optimize: Any = "auto"
+    layer: Any,
+    x: Any,
+    approx: str = "expand",
+    *,
+    bias: str = "separate",
+    unreduced: bool = False,
+    optimize: Any = "auto",
+    **operands: Any,
 ) -> Any:
     """The input-side factor ``A`` ``[G, d_in, d_in]`` (``d_in + 1`` with ``bias="append"`` on a layer with a bias).
 
     expand: ``A = 1/(N·S) Σ_{n,s} a aᵀ`` over samples and the ``S`` weight-sharing positions; reduce:
     ``A = 1/N Σ_n ā āᵀ`` with ``ā`` the average of ``a`` over positions. ``unreduced=True`` returns
     ``(A, a)`` with ``a`` ``[N, *S, G, d_in]`` (expand: the unfolded input) or ``[N, G, d_in]`` (reduce).
+    Other operands go by name (a normalization layer's ``running_mean=``, ``running_var=``; a module's own
+    running statistics are used unless given).
     """
     approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
     _check_flag("unreduced", unreduced)
-    _check_torch({"x": x})
+    tensors = _input_tensors(layer, x, operands)
     network = _network(layer, {"x": tuple(x.shape)})
-    side = _input_side(network, x, approx_, bias_, optimize, unreduced)
+    side = _input_side(network, tensors, approx_, bias_, optimize, unreduced)
     result = _finish_inputs(side)
     return (result.A, result.a) if unreduced else result.A
 
@@ -534,18 +561,19 @@ def kfac(
     bias: str = "separate",
     loss_average: str | None = "batch",
     optimize: Any = "auto",
+    **operands: Any,
 ) -> KFAC:
     """KFAC of the layer's parameters from its input ``x`` and ``grad_out`` (see ``kfac_factors_output``).
 
     Returns a ``KFAC`` with ``A``, ``G`` (and ``A_bias``, ``G_bias`` for ``bias="separate"``), ``matvec``,
     ``to_dense`` and ``inverse(damping)``. It approximates the curvature of the loss as reduced, with
-    ``G[g] ⊗ A[g]`` per group of the weight.
+    ``G[g] ⊗ A[g]`` per group of the weight. Other operands go by name, as for ``kfac_factors_input``.
     """
     approx_, bias_, loss_average_ = Approx.parse(approx), BiasMode.parse(bias), parse_loss_average(loss_average)
-    _check_torch({"x": x, "grad_out": grad_out})
+    tensors = _input_tensors(layer, x, operands, {"grad_out": grad_out})
     network = _network(layer, {"x": tuple(x.shape)})
     sqrt = _is_sqrt(network, grad_out, None)
-    ins = _input_side(network, x, approx_, bias_, optimize, False)
+    ins = _input_side(network, tensors, approx_, bias_, optimize, False)
     outs = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False)
     _check_agree(ins, outs, x, grad_out)
     sizes = {**outs.sizes, **ins.sizes}

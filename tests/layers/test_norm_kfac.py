@@ -14,16 +14,6 @@ import tnderiv
 
 CURVATURE_CASES = [c for c in CASES if c.param_names and not c.couples_batch]
 
-# tnderiv.kfac does not yet compute derived operands (x_hat) through LayerNetwork.prepare, nor take the
-# running statistics (operands or module buffers); with those two additions these tests pass. Strict: the
-# marker must go when they do.
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, TypeError),
-    reason="tnderiv/api_kfac.py: no network.prepare for derived operands (x_hat) and no running_mean/running_var",
-)
-
-
 def _x_hat_oracle(config: NormConfig, x: torch.Tensor, stats: dict) -> torch.Tensor:
     """x̂ from torch's functional layer without affine parameters."""
     bare = NormConfig(**{**config.__dict__, "affine": False})
@@ -53,7 +43,6 @@ def _kfac_oracle(
 KFAC_CASES = [c for c in CURVATURE_CASES if c.family != "rms"] + [c for c in CURVATURE_CASES if c.family == "rms"][:1]
 
 
-@NOT_YET
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("config", KFAC_CASES, ids=case_id)
 def test_kfac_blocks_of_gamma_and_beta(config: NormConfig, approx: str) -> None:
@@ -73,7 +62,6 @@ def test_kfac_blocks_of_gamma_and_beta(config: NormConfig, approx: str) -> None:
     torch.testing.assert_close(kfac.to_dense(), torch.diag(torch.cat(diagonal)), **TOL)
 
 
-@NOT_YET
 def test_kfac_loss_average_scales_the_output_factor() -> None:
     config = NormConfig("layer", (3, 4, 5), normalized_shape=(5,))
     x, params, stats = split_tensors(config.tensors(1))
@@ -90,7 +78,6 @@ def test_kfac_refuses_training_batchnorm() -> None:
         tnderiv.kfac(tnderiv.BatchNorm(3), x, torch.randn_like(x))
 
 
-@NOT_YET
 def test_kfac_of_modules_uses_their_statistics() -> None:
     x = torch.randn(4, 3, 5, dtype=torch.float64)
     grad_out = torch.randn_like(x)
