@@ -21,13 +21,18 @@ def diagram_graph(diagram: Diagram) -> nx.Graph:
     graph.graph["label"] = f"{diagram.coefficient}|{diagram.open_groups}"
     for leg, size in diagram.sizes.items():
         role = f"open{open_pos[leg]}:{leg}" if leg in open_pos else "summed"
-        graph.add_node(("leg", leg), label=f"{role}|{size}")
+        graph.add_node(("leg", leg), label=_ascii(f"{role}|{size}"))
     for index, node in enumerate(diagram.nodes):
-        graph.add_node(("node", index), label=node.label())
+        graph.add_node(("node", index), label=_ascii(node.label()))
         symmetric = node.kind in (NodeKind.DELTA, NodeKind.ONES)
         for axis, leg in enumerate(node.legs):
             graph.add_edge(("node", index), ("leg", leg), label="*" if symmetric else str(axis))
     return graph
+
+
+def _ascii(label: str) -> str:
+    # networkx's WL hash encodes labels as ASCII; escaping keeps labels like "Π̄" or "g·c_out" distinct
+    return label.encode("unicode_escape").decode("ascii")
 
 
 def diagram_hash(diagram: Diagram) -> str:
