@@ -94,8 +94,10 @@ def bind_sizes(
             for value, legs in zip(shape, axes):
                 if int(value) < 1:
                     raise ValueError(f"{name} has an empty axis ({' '.join(legs)}={value}) in shape {tuple(shape)}")
-                if len(legs) == 1 and not sizes[legs[0]].is_Integer:
-                    bindings.setdefault(sizes[legs[0]], int(value))
+                product = sympy.Mul(*(sizes[leg] for leg in legs))
+                if not product.is_Integer:
+                    bindings.setdefault(product, int(value))
+    _solve_symbols(bindings)
     # symbols from symbol-valued legs first, so that expressions given by shapes can be checked
     for term in terms_of(expr):
         for leg, size in term.sizes.items():
@@ -122,6 +124,31 @@ def bind_sizes(
             if bindings.value(size) < 1:
                 raise ValueError(f"leg {leg} gets size {bindings.value(size)} = {size}: impossible output size")
     return bindings
+
+
+def _solve_symbols(bindings: Bindings) -> None:
+    """Bind symbols that a given size determines uniquely (``2·I0 = 6`` → ``I0 = 3``; merged axes).
+
+    Only expressions without floor/ceiling are solved (an output size with stride has several inputs),
+    and only a single positive integer solution binds.
+    """
+    changed = True
+    while changed:
+        changed = False
+        known = bindings.symbols()
+        for expr, value in list(bindings.items()):
+            if expr.is_Symbol or expr.has(sympy.floor, sympy.ceiling):
+                continue
+            free = expr.free_symbols - set(known)
+            if len(free) != 1:
+                continue
+            symbol = next(iter(free))
+            reduced = expr.xreplace({s: sympy.Integer(v) for s, v in known.items()})
+            solutions = [r for r in sympy.solve(sympy.Eq(reduced, value), symbol) if r.is_Integer and r > 0]
+            if len(solutions) == 1:
+                bindings[symbol] = int(solutions[0])
+                changed = True
+                break
 
 
 def _strict_value(bindings: Bindings, size: sympy.Expr) -> int:
