@@ -64,32 +64,49 @@ class TermPlan:
             self.program = Program(
                 self.network, chosen.path, backend.name, like, lambda node, sizes: device_constant(node, sizes, backend, like)
             )
-        open_legs = bound.open_legs
-        self.user_shape = tuple(math.prod(self.sizes[leg] for leg in group) for group in bound.open_axis_groups)
-        keep = self.network.out_legs
+        self._layout_result(bound)
+
+    def _layout_result(self, bound: Diagram) -> None:
+        """How the program's result (legs ``network.out_legs``) becomes the user's layout, decided once."""
+        open_legs, keep = bound.open_legs, self.network.out_legs
+        groups = bound.open_axis_groups
+        self.user_shape = tuple(math.prod(self.sizes[leg] for leg in group) for group in groups)
+        self.fresh = self.program is not None and self.program.fresh
         self._expand = None
-        if self.network.broadcast:
+        produced = tuple(self.sizes[leg] for leg in keep)
+        broadcast = set(self.network.broadcast)
+        if not broadcast:
+            self.full = True
+            self._reshape = None if produced == self.user_shape else self.user_shape
+        elif all(set(group) <= broadcast or not set(group) & broadcast for group in groups):
+            # broadcast legs fill whole axes: a result with size-1 axes broadcasts in the user layout
+            self.full = False
+            keep_shape = tuple(1 if set(group) & broadcast else size for group, size in zip(groups, self.user_shape))
+            self._reshape = None if produced == keep_shape else keep_shape
+        else:
+            self.full = True
+            self.fresh = False
+            self._reshape = self.user_shape
             self._expand = (tuple(self.sizes[leg] if leg in keep else 1 for leg in open_legs), tuple(self.sizes[leg] for leg in open_legs))
-        self._like = _empty_like(like)  # never keep a user tensor alive
 
     @property
     def path(self) -> list[tuple[int, ...]]:
         return list(self.program.path) if self.program is not None else []
 
     def run(self, operands: Mapping[str, Any]) -> Any:
-        """The term's value in the user's layout of the result."""
+        """The term's value in the user's layout (size 1 along broadcast axes unless ``full``)."""
         if self.program is None:
             out = _scalar(self._like, self.coefficient, self.backend_name)
-            keep_shape = (1,) * len(self.term.open_legs)
-            out = out.reshape(keep_shape)
         else:
             out = self.program(operands)
             if self.coefficient != 1.0:
-                out = out * self.coefficient
+                out = out.mul_(self.coefficient) if self.fresh else out * self.coefficient
         if self._expand is not None:
             keep, full = self._expand
             out = out.reshape(keep)
             out = out.expand(*full) if self.backend_name == "torch" else _cupy_broadcast(out, full)
+        if self._reshape is not None:
+            out = out.reshape(self._reshape)
         return out
 
     def steps(self, term_index: int = 0) -> list[PlanStep]:
@@ -197,6 +214,9 @@ class Plan:
         self.term_plans = tuple(TermPlan(term, self.bindings, like, optimize, simplify) for term in terms_of(expr))
         first = terms_of(expr)[0]
         self.out_shape = tuple(math.prod(self.bindings.value(first.sizes[leg]) for leg in group) for group in first.open_axis_groups)
+        # full-size terms first, so that broadcast terms add into them
+        self._order = tuple(sorted(self.term_plans, key=lambda t: not t.full))
+        self._fused = _fused_bias(self._order, self.out_shape)
         self.operand_names = tuple(expr.operand_names)
         self._like = _empty_like(like)
         self.chunks: tuple[str, int, int] | None = None
@@ -220,13 +240,18 @@ class Plan:
 
     def run(self, operands: Mapping[str, Any]) -> Any:
         """Contract without checks or chunking (operands by name, user layout)."""
-        terms = self.term_plans
-        if len(terms) == 1:
-            return terms[0].run(operands).reshape(self.out_shape)
-        total = None
-        for term in terms:
-            out = term.run(operands).reshape(self.out_shape)
-            total = out if total is None else total + out
+        if self._fused is not None:
+            program, name, length = self._fused
+            return program.run_with_bias(operands, operands[name].reshape(length))
+        total, owned = None, False
+        for term in self._order:
+            out = term.run(operands)
+            if total is None:
+                total, owned = (out, term.fresh) if term.full else (out.expand(self.out_shape), False)
+            elif owned:
+                total.add_(out)  # a fresh full-size result: accumulate in place (broadcasting)
+            else:
+                total, owned = total + out, True
         return total
 
     # ----- inspection ------------------------------------------------------------------------------
@@ -320,6 +345,31 @@ class Plan:
         return f"<Plan {self.expr} flops={self.flops:,}>"
 
 
+def _fused_bias(terms: tuple[TermPlan, ...], out_shape: tuple[int, ...]) -> tuple[Program, str, int] | None:
+    """A convolution term plus a per-channel bias term: torch's convolution adds the bias itself (one pass, no copy)."""
+    from tnderiv.plan.conv import ConvKernel
+
+    if len(terms) != 2 or not terms[0].full or terms[1].full:
+        return None
+    conv, bias = terms
+    program = conv.program
+    if program is None or len(program.steps) != 1 or program.permutation is not None or conv.coefficient != 1.0:
+        return None
+    kernel = program.steps[0].kernel
+    if not isinstance(kernel, ConvKernel) or kernel.kind == "conv_weight" or kernel.reshape_out or conv._reshape is not None:
+        return None
+    if kernel.kind == "conv_transpose" and not kernel.post_free:
+        return None
+    if kernel.natural_shape != out_shape or bias.program is None or bias.program.steps or bias.coefficient != 1.0 or bias._expand is not None:
+        return None
+    operands = bias.program.operands
+    channels = out_shape[1] if len(out_shape) > 1 else 0
+    keep = bias._reshape or tuple(bias.sizes[leg] for leg in bias.network.out_legs)
+    if len(operands) != 1 or keep != (1, channels) + (1,) * (len(out_shape) - 2):
+        return None
+    return program, operands[0][1], channels
+
+
 PLAN_CACHE: LRUCache[Plan] = LRUCache(maxsize=512)
 
 
@@ -337,14 +387,17 @@ def get_plan(
 
     ``simplify=False`` skips the plan-stage rewrites; ``memory_limit`` (bytes) bounds every intermediate.
     """
-    backend: Backend = backend_of(like)
+    device = getattr(like, "device", None)
+    if type(device).__module__ == "torch":  # torch devices and dtypes hash quickly; no string formatting
+        place: tuple = ("torch", device, like.dtype)
+    else:
+        backend: Backend = backend_of(like)
+        place = (backend.name, backend.device_key(like), backend.dtype_key(like))
     key: Hashable = (
         expr,
         tuple(sorted((k, tuple(v)) for k, v in shapes.items())),
-        backend.name,
-        backend.device_key(like),
-        backend.dtype_key(like),
-        cache_key(optimize),
+        place,
+        optimize if isinstance(optimize, str) else cache_key(optimize),
         bool(simplify),
         memory_limit,
     )

@@ -164,6 +164,14 @@ class ConvKernel(Kernel):
                 self.weight_shape = [ng * co, ci, *(d.kernel for d in m.dims)]
                 self.out_legs = m.group + m.cout + m.cin + tuple(d.k for d in m.dims)
             self.out_shape = tuple(sizes[leg] for leg in self.out_legs)
+        self.x_direct = self.x_perm == tuple(range(len(xl))) and tuple(sizes[leg] for leg in xl) == self.x_shape
+        self.w_direct = self.w_perm == tuple(range(len(wl))) and tuple(sizes[leg] for leg in wl) == self.w_shape
+        self.fresh = True
+        natural = (nb, ng * co, *(d.inp if m.role == "conv_transpose" else d.out for d in m.dims))
+        self.natural_shape = natural
+        if m.role == "conv_weight":
+            natural = tuple(self.weight_shape)
+        self.reshape_out = natural != self.out_shape
         functional = torch.nn.functional
         self._conv = getattr(functional, f"conv{self.nd}d", None)
         self._conv_t = getattr(functional, f"conv_transpose{self.nd}d", None)
@@ -197,10 +205,13 @@ class ConvKernel(Kernel):
                 self.explicit.append((bool((index == d.inp).any()), torch.as_tensor(index, device=device)))
                 self.pad_pairs.append((0, 0))
         self.needs_pad = any(pair != (0, 0) for pair in self.pad_pairs)
+        self.any_explicit = any(entry is not None for entry in self.explicit)
 
     def _prepare_input(self, xin: Any) -> Any:
         import torch.nn.functional as F
 
+        if not self.needs_pad and not self.any_explicit:
+            return xin
         if self.needs_pad:
             flat = []
             for left, right in reversed(self.pad_pairs):
@@ -239,6 +250,7 @@ class ConvKernel(Kernel):
                 index = _index_map(p, np.arange(full), d.inp)
                 valid = index < d.inp
                 self.post.append(("fold", (torch.as_tensor(np.nonzero(valid)[0], device=device), torch.as_tensor(index[valid], device=device), d.inp)))
+        self.post_free = all(entry is None for entry in self.post)
 
     def _finish_transpose(self, y: Any) -> Any:
         import torch
@@ -261,16 +273,17 @@ class ConvKernel(Kernel):
         return y
 
     # ----- running -------------------------------------------------------------------------------
-    def __call__(self, *arrays: Any) -> Any:
+    def __call__(self, *arrays: Any, bias: Any = None) -> Any:
+        """The step's value; ``bias`` (``[G·C_out]``, conv and conv_transpose only) is added by torch's kernel."""
         import torch
 
         a, b = arrays[self.match.x], arrays[self.match.w]
-        xin = a.permute(self.x_perm).reshape(self.x_shape)
-        other = b.permute(self.w_perm).reshape(self.w_shape)
+        xin = a if self.x_direct else a.permute(self.x_perm).reshape(self.x_shape)
+        other = b if self.w_direct else b.permute(self.w_perm).reshape(self.w_shape)
         if self.kind == "conv":
-            y = self._conv(self._prepare_input(xin), other, None, self.stride, self.padding, self.dilation, self.groups)
+            y = self._conv(self._prepare_input(xin), other, bias, self.stride, self.padding, self.dilation, self.groups)
         elif self.kind == "conv_transpose":
-            y = self._conv_t(xin, other, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+            y = self._conv_t(xin, other, bias if self.post_free else None, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
             y = self._finish_transpose(y)
         else:
             dummy = other.new_empty(1).expand(self.weight_shape)
@@ -278,7 +291,7 @@ class ConvKernel(Kernel):
                 other, self._prepare_input(xin), dummy, None, list(self.stride), list(self.padding), list(self.dilation),
                 False, [0] * self.nd, self.groups, [False, True, False],
             )[1]
-        return y.reshape(self.out_shape)
+        return y.reshape(self.out_shape) if self.reshape_out else y
 
 
 def _perm(legs: Sequence[str], order: Sequence[str]) -> tuple[int, ...]:

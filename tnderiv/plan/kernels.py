@@ -48,6 +48,7 @@ class Kernel:
     kind: str = "einsum"
     out_legs: tuple[str, ...] = ()
     cost: StepCost
+    fresh: bool = True  # the output is new memory (not a view of an input), so it may be updated in place
 
     def __call__(self, *arrays: Any) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
@@ -88,6 +89,7 @@ class EinsumKernel(Kernel):
         self.equation = ",".join("".join(letter[leg] for leg in t.legs) for t in inputs) + "->" + "".join(letter[leg] for leg in out_legs)
         self.out_legs = tuple(out_legs)
         self.kind = einsum_kind([t.legs for t in inputs], out_legs)
+        self.fresh = self.kind != "transpose"
         self.backend = backend
         self._torch = backend == "torch" and symbols is not None
         flops = dense_flops(inputs, out_legs, sizes)
@@ -135,6 +137,7 @@ class SparseKernel(Kernel):
         self.unfold = self._unfold_plan(const.node, tp, rp, summed, sizes)
         if self.unfold is not None:
             self.kind = "gather"
+            self.fresh = bool(self.unfold[0] or self.unfold[1])
             self.cost = StepCost("gather", dense, 0, data_size + out_size, out_size)
             return
         values = constant_array(const.node, dict(zip(cl, (sizes[leg] for leg in cl))))

@@ -19,7 +19,8 @@ from tnderiv.ir import Node
 class LegLayout:
     """Leg shape of an operand, and for each leg ``(user axis, step along that axis)``; ``offsets`` per user axis.
 
-    ``plain``: the legs are a reshape of the user's tensor (no view, nothing skipped).
+    ``plain``: the legs are a reshape of the user's tensor (no view, nothing skipped); ``identity``:
+    one leg per axis, so the user's tensor is used as it is.
     """
 
     user_shape: tuple[int, ...]
@@ -27,6 +28,10 @@ class LegLayout:
     steps: tuple[tuple[int, int], ...]
     offsets: tuple[int, ...]
     plain: bool
+
+    @property
+    def identity(self) -> bool:
+        return self.plain and self.user_shape == self.shape
 
 
 def leg_layout(node: Node, sizes: Mapping[str, int]) -> LegLayout:
@@ -62,6 +67,8 @@ def _layout(node: Node, leg_sizes: tuple[int, ...]) -> LegLayout:
 
 def leg_array(array: Any, layout: LegLayout) -> Any:
     """``array`` (user layout) seen with one axis per leg; a view wherever the strides allow it."""
+    if layout.identity:
+        return array
     if layout.plain:
         return array.reshape(layout.shape)
     if type(array).__module__.split(".")[0] == "numpy":

@@ -214,6 +214,15 @@ class Program:
         self.initial = [values.get(j) for j in range(self.slots)]
         final_order = network.out_legs
         self.permutation = None if self.result_legs == final_order else tuple(self.result_legs.index(leg) for leg in final_order)
+        self.fresh = bool(self.steps) and self.steps[-1].output == self.result and self.steps[-1].kernel.fresh
+
+    def run_with_bias(self, operands: Mapping[str, Any], bias: Any) -> Any:
+        """A one-step convolution program with a bias added by the convolution itself."""
+        values = list(self.initial)
+        for slot, name, layout in self.operands:
+            values[slot] = leg_array(operands[name], layout)
+        step = self.steps[0]
+        return step.kernel(*(values[j] for j in step.inputs), bias=bias)  # type: ignore[call-arg]
 
     def __call__(self, operands: Mapping[str, Any]) -> Any:
         """The term's value on its output legs (without broadcast legs and coefficient)."""
