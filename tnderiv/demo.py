@@ -84,6 +84,7 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
         cold = 1e3 * (time.perf_counter() - cold_start)
         warm = _time_ms(lambda layer=layer, x_in=x_in, g_out=g_out: tnderiv.per_sample_grad(layer, x_in, g_out))
         print_fn(f"    per-sample gradients: cold {cold:.1f} ms (derive + plan + run), warm {warm:.2f} ms")
+    _curvature(net, x, layers, inputs, outputs, grads_out, errors, print_fn)
     spec = tnderiv.layers.spec_of(layers[1])
     shapes = {"x": tuple(inputs[1].shape), "grad_out": tuple(grads_out[1].shape)}
     print_fn("\nThe plan tnderiv ran for the weight VJP of layer [1]:")
@@ -92,3 +93,52 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
     worst = max(errors.values())
     print_fn(f"\nlargest deviation from torch.autograd over all quantities: {worst:.2e}")
     return errors
+
+
+def _curvature(
+    net: nn.Module,
+    x: torch.Tensor,
+    layers: list[nn.Module],
+    inputs: list[torch.Tensor],
+    outputs: list[torch.Tensor],
+    grads_out: tuple[torch.Tensor, ...],
+    errors: dict[str, float],
+    print_fn: Callable[[str], None],
+) -> None:
+    """KFAC factors, the GGN diagonal (exact loss-Hessian square root) and batch statistics per layer."""
+    logits = outputs[-1]
+    target = torch.randint(0, logits.shape[1], (logits.shape[0],), generator=torch.Generator().manual_seed(1))
+    sqrt_logits = tnderiv.loss_hessian_sqrt("cross_entropy", logits.detach(), target)  # [M, N, classes]
+    # backpropagate the square root's columns through the network to every layer's output
+    sqrt_outs = _backpropagated_sqrt(logits, outputs, sqrt_logits)
+    print_fn("\nCurvature (cross-entropy, exact loss-Hessian square root with M = 10 columns):")
+    for index, (layer, x_in, g_out, s_out) in enumerate(zip(layers, inputs, grads_out, sqrt_outs)):
+        x_in = x_in.detach()
+        kfac = tnderiv.kfac(layer, x_in, s_out, approx="reduce")
+        diag = tnderiv.ggn(layer, x_in, s_out, param="weight", kind="diag")
+        stats = tnderiv.grad_stats(layer, x_in, g_out, ("sum_grad_squared", "batch_l2"))
+        # oracle for the GGN diagonal: Σ_m Σ_n (per-sample VJP of column m)² by autograd, one column at a time
+        oracle = torch.zeros_like(layer.weight)
+        for column in s_out:
+            per_sample = torch.func.vmap(
+                lambda xi, si: torch.func.vjp(lambda w: torch.func.functional_call(layer, {"weight": w}, (xi[None],))[0],
+                                              layer.weight)[1](si)[0]
+            )(x_in, column)
+            oracle += (per_sample**2).sum(0)
+        err = _max_err(diag, oracle)
+        errors["ggn_diag"] = max(errors.get("ggn_diag", 0.0), err)
+        warm = _time_ms(lambda layer=layer, x_in=x_in, s_out=s_out: tnderiv.kfac(layer, x_in, s_out, approx="reduce"))
+        print_fn(
+            f"[{index}] KFAC-reduce A {tuple(kfac.A.shape)} G {tuple(kfac.G.shape)} ({warm:.2f} ms warm); "
+            f"GGN diagonal {tuple(diag.shape)} err {err:.1e}; "
+            f"sum_grad_squared {tuple(stats['sum_grad_squared']['weight'].shape)}, batch_l2 {tuple(stats['batch_l2']['weight'].shape)} "
+            f"({stats.choices['batch_l2']['weight'].strategy})"
+        )
+
+
+def _backpropagated_sqrt(
+    logits: torch.Tensor, outputs: list[torch.Tensor], sqrt_logits: torch.Tensor
+) -> list[torch.Tensor]:
+    """``S_l[m] = J_{logits→y_l}ᵀ S[m]`` for every layer output ``y_l``: ``[M, *y_l.shape]`` each."""
+    columns = [torch.autograd.grad(logits, outputs, column, retain_graph=True) for column in sqrt_logits]
+    return [torch.stack([col[layer] for col in columns]) for layer in range(len(outputs))]
