@@ -117,14 +117,7 @@ def _curvature(
         kfac = tnderiv.kfac(layer, x_in, s_out, approx="reduce")
         diag = tnderiv.ggn(layer, x_in, s_out, param="weight", kind="diag")
         stats = tnderiv.grad_stats(layer, x_in, g_out, ("sum_grad_squared", "batch_l2"))
-        # oracle for the GGN diagonal: Σ_m Σ_n (per-sample VJP of column m)² by autograd, one column at a time
-        oracle = torch.zeros_like(layer.weight)
-        for column in s_out:
-            per_sample = torch.func.vmap(
-                lambda xi, si: torch.func.vjp(lambda w: torch.func.functional_call(layer, {"weight": w}, (xi[None],))[0],
-                                              layer.weight)[1](si)[0]
-            )(x_in, column)
-            oracle += (per_sample**2).sum(0)
+        oracle = _ggn_diag_by_autograd(layer, x_in, s_out)
         err = _max_err(diag, oracle)
         errors["ggn_diag"] = max(errors.get("ggn_diag", 0.0), err)
         warm = _time_ms(lambda layer=layer, x_in=x_in, s_out=s_out: tnderiv.kfac(layer, x_in, s_out, approx="reduce"))
@@ -142,3 +135,15 @@ def _backpropagated_sqrt(
     """``S_l[m] = J_{logits→y_l}ᵀ S[m]`` for every layer output ``y_l``: ``[M, *y_l.shape]`` each."""
     columns = [torch.autograd.grad(logits, outputs, column, retain_graph=True) for column in sqrt_logits]
     return [torch.stack([col[layer] for col in columns]) for layer in range(len(outputs))]
+
+
+def _ggn_diag_by_autograd(layer: nn.Module, x: torch.Tensor, sqrt_out: torch.Tensor) -> torch.Tensor:
+    """Oracle: ``Σ_m Σ_n (per-sample VJP of column m w.r.t. the weight)²`` with torch.func."""
+
+    def output(weight: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, {"weight": weight}, (sample[None],))[0]
+
+    def per_sample_vjp(sample: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.vjp(lambda w: output(w, sample), layer.weight)[1](cotangent)[0]
+
+    return sum((torch.func.vmap(per_sample_vjp)(x, column) ** 2).sum(0) for column in sqrt_out)
