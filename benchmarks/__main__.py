@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="untimed warm-up calls after the first (cold) call; the memory-profiled call counts as one (default 1)")
     run.add_argument("--budget", type=float, default=1.0,
                      help="seconds of samples per implementation beyond which fewer (≥ 3) samples are taken (default 1)")
+    run.add_argument("--call-limit", type=float, default=30.0,
+                     help="seconds after which one call is abandoned and reported as a timeout (default 30)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, torch's default on GPU)")
     run.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on GPU (default off)")
     run.add_argument("--check-batch", type=int, default=2, help="batch size of the float64 correctness check (0: the benchmark's)")
@@ -42,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _results() -> list[Path]:
+    """The finished result files (an interrupted run leaves ``*.partial.json``)."""
+    return sorted(p for p in RESULTS.glob("*.json") if not p.name.endswith(".partial.json"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads if args.threads is not None else (1 if device == "cpu" else None),
             tf32=args.tf32, check=not args.no_check, check_batch=args.check_batch or None,
             memory=not args.no_memory, overhead=not args.no_overhead, impls=tuple(args.impls or ()),
-            budget_s=args.budget,
+            budget_s=args.budget, call_limit_s=args.call_limit,
         )
         out = args.out or RESULTS / f"{'cuda' if device.startswith('cuda') else 'cpu'}.json"
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -64,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_report:
             from benchmarks.report import write_report
 
-            write_report(sorted(RESULTS.glob("*.json")) if out.parent == RESULTS else [out], PAGE if out.parent == RESULTS else out.with_suffix(".md"))
+            write_report(_results() if out.parent == RESULTS else [out], PAGE if out.parent == RESULTS else out.with_suffix(".md"))
         return 0
     from benchmarks.report import write_report
 
-    write_report(args.results or sorted(RESULTS.glob("*.json")), args.page)
+    write_report(args.results or _results(), args.page)
     return 0
 
 

@@ -14,7 +14,7 @@ from benchmarks.targets import OVERHEAD_TARGETS, SUITE_EXCLUDED, TARGETS, Outcom
 
 CATEGORY_ORDER = ("general", "dense", "downsampling", "depthwise", "mixed", "transposed", "linear")
 STATUS_MARK = {"ok": "✓", "wrong": "✗ wrong", "raises": "raises", "unsupported": "unsupported", "missing": "missing",
-               "skipped": "skipped"}
+               "skipped": "skipped", "timeout": "timeout"}
 
 
 def _ms(seconds: float | None) -> str:
@@ -133,7 +133,7 @@ class Report:
                 out.append(f"| {layer.split('/', 1)[1]} ({notes.get(layer, '')}) | " + " | ".join(cells) + " |")
             if details:
                 out += ["", "<details><summary>What each failure says</summary>", "", *details, "", "</details>"]
-        suite_bad = [r for r in self.timed if r["status"] in ("wrong", "raises")]
+        suite_bad = [r for r in self.timed if r["status"] in ("wrong", "raises", "timeout")]
         out += ["", f"On the benchmarked layers: {len(suite_bad)} wrong or raising result(s)"
                 + (":" if suite_bad else ".")]
         out += [f"- `{r['layer']}` {r['impl']} {r['quantity']}: {r['status']} — {r['note']}" for r in suite_bad[:60]]

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,18 @@ from benchmarks.impls import IMPLS, Impl, Missing, Prepared, Unsupported, tnderi
 from benchmarks.oracles import ORACLES
 from benchmarks.problem import Problem
 from benchmarks.quantities import Quantity
-from benchmarks.timing import CPU_MEMORY_METHOD, matmul_peak, peak_memory, pin_settings, time_interleaved
+from benchmarks.timing import (
+    CPU_MEMORY_METHOD,
+    CallTimeout,
+    Timing,
+    matmul_peak,
+    peak_memory,
+    pin_settings,
+    time_interleaved,
+    time_limit,
+)
 
+SLOW_CALL_S = 4.0  # a first call slower than this is the only one timed (no warm-up, no memory profiling)
 PEERS = ("torch", "einconv", "unfoldNd", "backpack-for-pytorch", "curvlinops-for-pytorch", "opacus", "cotengra", "opt_einsum")
 
 
@@ -44,6 +54,7 @@ class Settings:
     impls: tuple[str, ...] = ()
     budget_s: float = 1.0
     min_sample_s: float = 0.005
+    call_limit_s: float = 30.0
 
 
 class Progress:
@@ -62,6 +73,8 @@ class Progress:
 def _status_of(error: BaseException) -> tuple[str, str]:
     message = f"{type(error).__name__}: {error}".strip()
     message = " ".join(message.split())[:300]
+    if isinstance(error, CallTimeout):
+        return "timeout", str(error)
     if isinstance(error, Missing):
         return "missing", str(error)
     if isinstance(error, Unsupported):
@@ -125,6 +138,7 @@ class Runner:
         self.records: list[dict[str, Any]] = []
         self.overhead: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.after_case: Callable[[], Any] = lambda: None
 
     # ----- one (case, quantity) ----------------------------------------------------------------
     def _impls(self, quantity: Quantity, case: Case) -> list[Impl]:
@@ -139,8 +153,9 @@ class Runner:
         oracle = ORACLES[quantity.name](problem64)
         for impl in impls:
             try:
-                prepared = _setup(impl, problem64)
-                result = prepared.extract(prepared.call())
+                with time_limit(self.s.call_limit_s):
+                    prepared = _setup(impl, problem64)
+                    result = prepared.extract(prepared.call())
             except Exception as error:  # noqa: BLE001 — every failure is a reportable outcome
                 status, note = _status_of(error)
                 if status == "raises" and "--debug" in sys.argv:
@@ -154,24 +169,35 @@ class Runner:
     def measure(self, case: Case, quantity: Quantity, problem: Problem, impls: list[Impl], checks: dict[str, dict[str, Any]]) -> None:
         prepared: dict[str, Prepared] = {}
         memory: dict[str, int | None] = {}
+        slow: set[str] = set()
+        timings_slow: dict[str, Timing] = {}
+        cold: dict[str, float] = {}
         for impl in impls:
             entry = checks.get(impl.name)
-            if entry is not None and entry["status"] in ("missing", "unsupported", "skipped", "raises"):
+            if entry is not None and entry["status"] in ("missing", "unsupported", "skipped", "raises", "timeout"):
                 continue
             try:
-                prepared[impl.name] = _setup(impl, problem)
-                prepared[impl.name].call()  # cold: plans, caches, lazy initialization
-                if self.s.memory:  # a warm call under the memory profiler doubles as a warm-up call
+                with time_limit(self.s.call_limit_s):
+                    prepared[impl.name] = _setup(impl, problem)
+                    start = time.perf_counter()
+                    prepared[impl.name].call()  # cold: plans, caches, lazy initialization
+                    cold[impl.name] = time.perf_counter() - start
+                if cold[impl.name] > SLOW_CALL_S:
+                    slow.add(impl.name)
+                elif self.s.memory:  # a warm call under the memory profiler doubles as a warm-up call
                     memory[impl.name] = peak_memory(prepared[impl.name].call, self.s.device)
             except Exception as error:  # noqa: BLE001
                 status, note = _status_of(error)
                 checks[impl.name] = {"status": status, "note": note, "rel_error": None}
                 prepared.pop(impl.name, None)
+        for name in slow:  # its cold call is its one sample: its cost dwarfs the noise, more calls would blow the budget
+            timings_slow[name] = Timing([cold[name]], 1)
         timings = time_interleaved(
-            {name: p.call for name, p in prepared.items()},
+            {name: p.call for name, p in prepared.items() if name not in slow},
             repeat=self.s.repeat, warmup=max(0, self.s.warmup - (1 if self.s.memory else 0)), device=self.s.device,
             min_sample_s=self.s.min_sample_s, budget_s=self.s.budget_s,
         ) if prepared else {}
+        timings.update(timings_slow)
         flops = quantity.flops(case)
         ref_time = timings[quantity.reference].median if quantity.reference in timings else None
         for impl in impls:
@@ -182,6 +208,8 @@ class Runner:
             if impl.name in timings:
                 t = timings[impl.name]
                 record.update(t.to_dict())
+                if impl.name in slow:
+                    record["note"] = "; ".join(filter(None, [record["note"], f"slow (> {SLOW_CALL_S:g} s): one (cold) call timed"]))
                 record["gflops"] = flops / t.median / 1e9
                 record["ratio_vs_reference"] = t.median / ref_time if ref_time else None
                 if impl.name in memory:
@@ -263,6 +291,7 @@ class Runner:
                 ov = [o for o in self.overhead if o["layer"] == case.id and "overhead" in o]
                 text = ", ".join(f"{o['quantity']} {o['overhead']:+.1%} cold {o['cold_plan_s'] * 1e3:.0f}ms" for o in ov)
                 progress.line(f"{case.id} tnderiv call overhead: {text or 'n/a'}")
+            self.after_case()
 
     def _summary(self, case: Case, quantity: Quantity) -> str:
         rows = [r for r in self.records if r["layer"] == case.id and r["quantity"] == quantity.name]
@@ -353,11 +382,19 @@ def run(
     peak = matmul_peak(settings.device)
     print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s (float32, n={peak['size']})", file=sys.stderr, flush=True)
     runner = Runner(settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+
+    def save(path: Path) -> dict[str, Any]:
+        data = runner.to_json(selected, quantities, command, peak, pinned)
+        path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        return data
+
+    runner.after_case = lambda: save(partial)  # an interrupted run keeps what it measured
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peers' warnings (BackPACK's hooks, torch's 'same' copies) would drown the progress
         runner.run(selected, quantities)
-    data = runner.to_json(selected, quantities, command, peak, pinned)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    data = save(out)
+    partial.unlink(missing_ok=True)
     print(f"wrote {out}", file=sys.stderr)
     return data

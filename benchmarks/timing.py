@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -19,6 +20,30 @@ CPU_MEMORY_METHOD = (
     "torch profiler memory timeline (profile_memory=True): peak bytes of torch tensors allocated during the call "
     "and not freed before it, minus nothing preexisting; Python objects and allocator caching are not counted"
 )
+
+
+class CallTimeout(Exception):
+    """A call ran past the per-call limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``CallTimeout`` in the block after ``seconds`` (checked between Python bytecodes, so a single long
+    kernel finishes first). Main thread only; ``None`` or 0: no limit."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CallTimeout(f"exceeded the {seconds:g} s limit per call")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def pin_settings(device: str, threads: int | None, tf32: bool) -> dict[str, Any]:

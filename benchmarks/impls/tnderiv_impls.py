@@ -11,8 +11,6 @@ import dataclasses
 import math
 from typing import Any
 
-import torch
-
 from benchmarks.impls import Missing, Prepared, implementation
 from benchmarks.problem import Problem
 
@@ -158,26 +156,13 @@ def plan_facts(p: Problem, quantity: str) -> dict[str, Any]:
 
 
 def direct_call(p: Problem, quantity: str) -> Any:
-    """A zero-argument function running the plan's compiled terms directly (no API, no derivation, no cache look-up)."""
+    """A zero-argument function calling the compiled ``Plan`` itself (no spec conversion, derivation or cache look-up)."""
     plan = plan_for(p, quantity)
     operands = {"x": p.x, "weight": p.module.weight.detach(), "grad_out": p.grad_out}
     if p.module.bias is not None:
         operands["bias"] = p.module.bias.detach()
     needed = {name: operands[name] for name in plan.operand_names}
-    terms = getattr(plan, "terms", None)
-    if not terms or not all(hasattr(t, "run") for t in terms):
-        return lambda: plan(needed)
-    out_shape = plan.out_shape
-
-    def call() -> torch.Tensor:
-        total = None
-        for term in terms:
-            out = term.run(needed)
-            total = out if total is None else total + out
-        assert total is not None
-        return total.reshape(out_shape)
-
-    return call
+    return lambda: plan(needed)
 
 
 IMPL_SETUPS = {"forward": forward, "vjp_x": vjp_x, "vjp_weight": vjp_weight, "per_sample_grad": per_sample}

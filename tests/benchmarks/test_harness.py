@@ -108,3 +108,23 @@ def test_cli_rejects_unknown_names() -> None:
         main(["run", "--quantities", "hessian_of_everything", "--out", "/dev/null"])
     with pytest.raises(SystemExit):
         main(["run", "--device", "tpu"])
+
+
+def test_a_call_past_the_limit_is_reported_as_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from benchmarks import impls
+
+    def setup(problem):  # noqa: ANN001, ANN202
+        def call():  # noqa: ANN202
+            end = time.perf_counter() + 5
+            while time.perf_counter() < end:
+                pass
+
+        return Prepared(call)
+
+    monkeypatch.setitem(IMPLS, "forward", [*IMPLS["forward"], impls.Impl("forward", "sloth", setup)])
+    runner = Runner(Settings(repeat=1, warmup=0, check_batch=None, memory=False, overhead=False, call_limit_s=0.2))
+    runner.run([TINY], quantities.parse_quantities(["forward"]))
+    sloth = next(r for r in runner.records if r["impl"] == "sloth")
+    assert sloth["status"] == "timeout" and "median_s" not in sloth
