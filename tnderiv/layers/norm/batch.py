@@ -76,6 +76,17 @@ def _channel_structure(
     )
 
 
+def _normalize_channel_spec(spec: Any) -> None:
+    """Check and normalize the fields shared by batch and instance norm specs (in place, frozen)."""
+    positive_int("num_features", spec.num_features)
+    object.__setattr__(spec, "eps", epsilon(spec.eps))
+    for name in ("affine", "bias", "running_stats"):
+        object.__setattr__(spec, name, flag(name, getattr(spec, name)))
+    # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
+    object.__setattr__(spec, "bias", spec.bias and spec.affine)
+    _check_dims(spec.dims)
+
+
 @dataclass(frozen=True)
 class BatchNorm:
     """Like ``torch.nn.BatchNorm{1,2,3}d``. x: ``[N, C, *I]``; weight, bias: ``[C]``; output like x.
@@ -95,13 +106,7 @@ class BatchNorm:
     dims: int | None = None
 
     def __post_init__(self) -> None:
-        positive_int("num_features", self.num_features)
-        object.__setattr__(self, "eps", epsilon(self.eps))
-        for name in ("affine", "bias", "running_stats"):
-            object.__setattr__(self, name, flag(name, getattr(self, name)))
-        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
-        object.__setattr__(self, "bias", self.bias and self.affine)
-        _check_dims(self.dims)
+        _normalize_channel_spec(self)
 
     @property
     def layer_name(self) -> str:
@@ -175,13 +180,7 @@ class InstanceNorm:
     dims: int | None = None
 
     def __post_init__(self) -> None:
-        positive_int("num_features", self.num_features)
-        object.__setattr__(self, "eps", epsilon(self.eps))
-        for name in ("affine", "bias", "running_stats"):
-            object.__setattr__(self, name, flag(name, getattr(self, name)))
-        # a bias exists only with affine parameters (as in torch); one spelling per layer keeps specs comparable
-        object.__setattr__(self, "bias", self.bias and self.affine)
-        _check_dims(self.dims)
+        _normalize_channel_spec(self)
 
     @property
     def layer_name(self) -> str:
