@@ -9,7 +9,8 @@ under (diagram, shapes, backend, device, dtype, optimizer, simplify, memory limi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -34,36 +35,54 @@ class TermPlan:
     def __init__(self, term: Diagram, bindings: Bindings, like: Any, optimize: Any, simplify: bool = True) -> None:
         self.source = term
         bound = concrete(term, bindings)
-        self.rewrites: tuple[str, ...] = ()
-        if simplify:
-            from tnderiv.simplify import simplify as run_rules
-
-            derivation = run_rules(bound, trace=True, stage="plan")
-            self.rewrites = tuple(dict.fromkeys(step.rule for step in derivation.steps))  # type: ignore[union-attr]
-            bound = derivation.result  # type: ignore[union-attr,assignment]
-        self.term: Diagram = bound
-        self.sizes = {leg: int(size) for leg, size in bound.sizes.items()}
-        self.coefficient = float(bound.coefficient)
-        self.network = Network.of(bound)
         backend = backend_of(like)
         self.backend_name = backend.name
         self.itemsize = _itemsize(like)
-        inputs = self.network.inputs()
-        if not inputs:
-            self.candidates: list[Candidate] = []
-            self.program: Program | None = None
-        else:
+        explicit = not isinstance(optimize, str) and isinstance(optimize, Sequence)
+        # the diagram as derived, and (unless an explicit path refers to its nodes) after the plan-stage rules;
+        # the cost model picks between them (e.g. a 1x1 convolution's GEMM vs torch's convolution kernel)
+        versions: list[tuple[Diagram, tuple[str, ...]]] = [(bound, ())]
+        if simplify and not explicit:
+            from tnderiv.simplify import simplify as run_rules
+
+            derivation = run_rules(bound, trace=True, stage="plan")
+            rewrites = tuple(dict.fromkeys(step.rule for step in derivation.steps))  # type: ignore[union-attr]
+            if rewrites:
+                versions.insert(0, (derivation.result, rewrites))  # type: ignore[union-attr]
+        best = None
+        self.candidates: list[Candidate] = []
+        for diagram, rewrites in versions:
+            network = Network.of(diagram)
+            sizes = {leg: int(size) for leg, size in diagram.sizes.items()}
+            inputs = network.inputs()
+            if not inputs:
+                best = (0.0, diagram, rewrites, network, sizes, None)
+                break
             if isinstance(optimize, str) and optimize == "auto":
-                named = candidate_paths(inputs, self.network.out_legs, self.sizes, backend.name)
+                named = candidate_paths(inputs, network.out_legs, sizes, backend.name)
             else:
                 resolved = resolve(optimize, len(inputs))
-                path = resolved if isinstance(resolved, list) else opt_einsum_path([t.legs for t in inputs], self.network.out_legs, self.sizes, resolved)
+                path = resolved if isinstance(resolved, list) else opt_einsum_path([t.legs for t in inputs], network.out_legs, sizes, resolved)
                 named = [(optimize if isinstance(optimize, str) else "given", path)]
-            self.candidates = rank(named, inputs, self.network.out_legs, self.sizes, backend.name)
-            chosen = next(c for c in self.candidates if c.chosen)
+            ranked = rank(named, inputs, network.out_legs, sizes, backend.name)
+            if len(versions) > 1:
+                label = "rewritten" if rewrites else "as derived"
+                ranked = [replace(c, name=f"{label}: {c.name}") for c in ranked]
+            chosen = next(c for c in ranked if c.chosen)
+            if best is None or chosen.time < best[0]:
+                best = (chosen.time, diagram, rewrites, network, sizes, chosen)
+            self.candidates.extend(ranked)
+        assert best is not None
+        _, bound, self.rewrites, self.network, self.sizes, chosen = best
+        self.candidates = [replace(c, chosen=c is chosen) for c in self.candidates]
+        self.term: Diagram = bound
+        self.coefficient = float(bound.coefficient)
+        self.program: Program | None = None
+        if chosen is not None:
             self.program = Program(
                 self.network, chosen.path, backend.name, like, lambda node, sizes: device_constant(node, sizes, backend, like)
             )
+        self._like = _empty_like(like)  # never keep a user tensor alive
         self._layout_result(bound)
 
     def _layout_result(self, bound: Diagram) -> None:
@@ -122,7 +141,7 @@ class TermPlan:
             names[c.out_id] = f"#{number + 1}"
             legs[c.out_id] = kernel.out_legs
             cost = kernel.cost
-            out.append(PlanStep(tuple(taken), equation, kernel.kind, cost.flops_dense, cost.flops, cost.moved, cost.size, term_index))
+            out.append(PlanStep(tuple(taken), equation, kernel.kind, cost.flops_dense, cost.flops, cost.moved, cost.size, term_index, cost.time))
         return out
 
     @cached_property
@@ -242,7 +261,7 @@ class Plan:
         """Contract without checks or chunking (operands by name, user layout)."""
         if self._fused is not None:
             program, name, length = self._fused
-            return program.run_with_bias(operands, operands[name].reshape(length))
+            return program.run_with_bias(operands, operands[name].reshape(length)).view(self.out_shape)
         total, owned = None, False
         for term in self._order:
             out = term.run(operands)
@@ -281,6 +300,11 @@ class Plan:
     def flops(self) -> int:
         """FLOPs under the structure-aware model (gathers and folded constants cost no arithmetic)."""
         return int(sum(step.flops for step in self.steps()))
+
+    @property
+    def score(self) -> float:
+        """The structure-aware cost model's time score of the whole plan (what candidate orders are ranked by)."""
+        return float(sum(step.score for step in self.steps()))
 
     @property
     def dense_flops(self) -> int:
@@ -356,7 +380,7 @@ def _fused_bias(terms: tuple[TermPlan, ...], out_shape: tuple[int, ...]) -> tupl
     if program is None or len(program.steps) != 1 or program.permutation is not None or conv.coefficient != 1.0:
         return None
     kernel = program.steps[0].kernel
-    if not isinstance(kernel, ConvKernel) or kernel.kind == "conv_weight" or kernel.reshape_out or conv._reshape is not None:
+    if not isinstance(kernel, ConvKernel) or kernel.kind == "conv_weight" or conv._expand is not None:
         return None
     if kernel.kind == "conv_transpose" and not kernel.post_free:
         return None

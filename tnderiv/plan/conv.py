@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from tnderiv.ir import NodeKind, PaddingMode, PatternParams
-from tnderiv.plan.cost import StepCost
 from tnderiv.plan.kernels import Kernel, StepInput, dense_flops
 
 ROLES = ("conv", "conv_transpose", "conv_weight")
@@ -175,9 +174,9 @@ class ConvKernel(Kernel):
         functional = torch.nn.functional
         self._conv = getattr(functional, f"conv{self.nd}d", None)
         self._conv_t = getattr(functional, f"conv_transpose{self.nd}d", None)
-        useful = 2 * nb * ng * ci * co * math.prod(d.kernel * d.out for d in m.dims)
-        moved = size(xl) + size(wl) + size(self.out_legs)
-        self.cost = StepCost(m.role, dense_flops(inputs, self.out_legs, sizes), useful, moved, size(self.out_legs))
+        from tnderiv.plan.program import conv_cost
+
+        self.cost = conv_cost(m, inputs, sizes, dense_flops(inputs, self.out_legs, sizes), size(self.out_legs))
 
     # ----- borders -------------------------------------------------------------------------------
     def _plan_input_padding(self, device: Any) -> None:

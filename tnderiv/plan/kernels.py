@@ -206,3 +206,119 @@ def _ravel(coords: list[np.ndarray], shape: list[int], nnz: int) -> np.ndarray:
     if not coords:
         return np.zeros(nnz, dtype=np.int64)
     return np.ravel_multi_index(tuple(coords), tuple(shape)).astype(np.int64)
+
+
+# ----- matrix multiply on views ---------------------------------------------------------------------------
+class MatmulKernel(Kernel):
+    """A pairwise contraction as one (batched, broadcast) ``torch.matmul`` on views of its inputs.
+
+    Legs on both inputs and the output are batch dimensions, legs on both inputs only are contracted,
+    the rest are matrix rows or columns; leading legs of one input only may act as broadcast batch
+    dimensions. Of the ways to lay this out, the one that copies the fewest input elements (assuming
+    inputs contiguous in their leg order) is chosen, so that e.g. a 1×1 convolution is
+    ``weight @ x.view(N, C_in, H·W)`` with no copy at all.
+    """
+
+    def __init__(self, a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> None:
+        best = None
+        for swap, (left, right) in ((False, (a, b)), (True, (b, a))):
+            for copied, left_how, right_how, out_legs, out_shape in _matmul_layouts(left.legs, right.legs, out, sizes):
+                if best is None or copied < best[0]:
+                    best = (copied, swap, left_how, right_how, out_legs, out_shape)
+        assert best is not None
+        self.copied, self.swap, self.left, self.right, self.out_legs, self.out_shape = best
+        self.kind = "batched GEMM" if set(a.legs) & set(b.legs) & out else "GEMM"
+        flops = dense_flops([a, b], self.out_legs, sizes)
+        moved = _size(a.legs, sizes) + _size(b.legs, sizes) + _size(self.out_legs, sizes)
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(self.out_legs, sizes))
+
+    def __call__(self, *arrays: Any) -> Any:
+        import torch
+
+        first, second = (arrays[1], arrays[0]) if self.swap else (arrays[0], arrays[1])
+        p = _arrange(first, self.left)
+        q = _arrange(second, self.right)
+        return torch.matmul(p, q).view(self.out_shape)
+
+
+def matmul_applies(a: StepInput, b: StepInput, out: set[str]) -> bool:
+    """Two data inputs with contracted legs and no leg summed on one side only."""
+    if a.constant or b.constant:
+        return False
+    shared = set(a.legs) & set(b.legs)
+    if not shared - out:
+        return False
+    return all(leg in out for leg in set(a.legs) ^ set(b.legs))
+
+
+def _arrange(array: Any, how: tuple[tuple[int, ...], tuple[int, ...], bool]) -> Any:
+    perm, shape, transpose = how
+    if perm != tuple(range(len(perm))):
+        array = array.permute(perm)
+    array = array.reshape(shape)
+    return array.transpose(-1, -2) if transpose else array
+
+
+def _blocks_in_order(legs: Sequence[str], prefix: Sequence[str], blocks: Sequence[Sequence[str]]) -> tuple[bool, bool]:
+    """Whether ``legs`` is ``prefix`` then the two blocks (each in order) — and whether the blocks are swapped."""
+    n = len(prefix)
+    if tuple(legs[:n]) != tuple(prefix):
+        return False, False
+    rest = tuple(legs[n:])
+    first, second = tuple(blocks[0]), tuple(blocks[1])
+    if rest == first + second:
+        return True, False
+    if rest == second + first:
+        return True, True
+    return False, False
+
+
+def _matmul_layouts(left: tuple[str, ...], right: tuple[str, ...], out: set[str], sizes: Mapping[str, int]):
+    """Candidate layouts ``(copied elements, left_first, left_how, right_how, out_legs, out_shape)``."""
+    batch = [leg for leg in left if leg in right and leg in out]
+    contracted = [leg for leg in left if leg in right and leg not in out]
+    left_free = [leg for leg in left if leg not in right]
+    right_free = [leg for leg in right if leg not in left]
+    batch_right = [leg for leg in right if leg in batch]
+    contracted_right = [leg for leg in right if leg in contracted]
+    lead_left = _leading(left, left_free)
+    lead_right = _leading(right, right_free)
+    for batch_order in (batch, batch_right):
+        for k_order in (contracted, contracted_right):
+            for el in range(len(lead_left) + 1):
+                for er in range(len(lead_right) + 1):
+                    le, re = lead_left[:el], lead_right[:er]
+                    m = [leg for leg in left_free if leg not in le]
+                    n = [leg for leg in right_free if leg not in re]
+                    yield _layout(left, right, batch_order, k_order, le, re, m, n, sizes)
+
+
+def _leading(legs: Sequence[str], free: Sequence[str]) -> list[str]:
+    out = []
+    for leg in legs:
+        if leg not in free:
+            break
+        out.append(leg)
+    return out
+
+
+def _layout(left, right, batch, k, le, re, m, n, sizes):
+    def how(legs, prefix_dims, ones_before, ones_after, rows, cols):
+        """Permutation, shape and transpose flag for ``[*prefix, rows, cols]`` (with broadcast size-1 dims)."""
+        prefix = list(prefix_dims)
+        ok, swapped = _blocks_in_order(legs, prefix, (rows, cols))
+        order = prefix + (list(cols) + list(rows) if (ok and swapped) else list(rows) + list(cols))
+        perm = tuple(legs.index(leg) for leg in order)
+        batch_shape = [sizes[leg] for leg in prefix_dims[: len(batch)]]
+        extra = [sizes[leg] for leg in prefix_dims[len(batch) :]]
+        r, c = _size(rows, sizes), _size(cols, sizes)
+        mat = [c, r] if (ok and swapped) else [r, c]
+        shape = tuple(batch_shape + [1] * ones_before + extra + [1] * ones_after + mat)
+        copied = 0 if ok else _size(legs, sizes)
+        return (perm, shape, bool(ok and swapped)), copied
+
+    left_how, left_copy = how(left, list(batch) + list(le), 0, len(re), m, k)
+    right_how, right_copy = how(right, list(batch) + list(re), len(le), 0, k, n)
+    out_legs = tuple(batch) + tuple(le) + tuple(re) + tuple(m) + tuple(n)
+    out_shape = tuple(sizes[leg] for leg in out_legs)
+    return left_copy + right_copy, left_how, right_how, out_legs, out_shape

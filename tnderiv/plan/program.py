@@ -14,8 +14,18 @@ from typing import Any
 
 from tnderiv.ir import Diagram, Node, NodeKind
 from tnderiv.plan.conv import ConvKernel, match_conv
-from tnderiv.plan.cost import StepCost
-from tnderiv.plan.kernels import EinsumKernel, Kernel, SparseKernel, StepInput, dense_flops, einsum_kind, natural_order
+from tnderiv.plan.cost import StepCost, grouped_weight_slowdown
+from tnderiv.plan.kernels import (
+    EinsumKernel,
+    Kernel,
+    MatmulKernel,
+    SparseKernel,
+    StepInput,
+    dense_flops,
+    einsum_kind,
+    matmul_applies,
+    natural_order,
+)
 from tnderiv.plan.layout import LegLayout, leg_array, leg_layout
 
 SPARSE_KINDS = (NodeKind.PATTERN, NodeKind.DELTA)
@@ -97,10 +107,7 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
     if backend == "torch":
         match = match_conv(inputs, out, sizes)
         if match is not None:
-            groups = [match.batch, match.group, match.cin, match.cout]
-            useful = 2 * math.prod(sizes[leg] for legs in groups for leg in legs) * math.prod(d.kernel * d.out for d in match.dims)
-            moved = sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs if not t.constant) + size
-            return StepCost(match.role, dense, useful, moved, size)
+            return conv_cost(match, inputs, sizes, dense, size)
         sparse = _sparse_pair(inputs)
         if sparse is not None:
             data, const = sparse
@@ -112,6 +119,18 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
     kind = einsum_kind([t.legs for t in inputs], out_legs)
     moved = 0 if kind == "transpose" else sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs) + size
     return StepCost(kind, dense, dense, moved, size)
+
+
+def conv_cost(match: Any, inputs: Sequence[StepInput], sizes: Mapping[str, int], dense: int, size: int) -> StepCost:
+    """Useful multiply-adds of a convolution step, the data it reads and writes, and its grouped-weight slowdown."""
+    prod = lambda legs: math.prod(sizes[leg] for leg in legs)  # noqa: E731
+    useful = 2 * prod(match.batch + match.group + match.cin + match.cout) * math.prod(d.kernel * d.out for d in match.dims)
+    moved = sum(prod(t.legs) for t in inputs if not t.constant) + size
+    slowdown = 1.0
+    if match.role == "conv_weight":
+        positions = math.prod(d.out for d in match.dims)
+        slowdown = grouped_weight_slowdown(prod(match.group), prod(match.cin) * prod(match.cout), positions)
+    return StepCost(match.role, dense, useful, moved, size, slowdown)
 
 
 def _sparse_pair(inputs: Sequence[StepInput]) -> tuple[StepInput, StepInput] | None:
@@ -150,6 +169,8 @@ def build_kernel(inputs: Sequence[StepInput], out_legs: Sequence[str], final: bo
         sparse = _sparse_pair(inputs)
         if sparse is not None:
             return SparseKernel(sparse[0], sparse[1], out, sizes, like, data_index=next(j for j, t in enumerate(inputs) if t is sparse[0]))
+        if len(inputs) == 2 and matmul_applies(inputs[0], inputs[1], out):
+            return MatmulKernel(inputs[0], inputs[1], out, sizes)
     order = tuple(out_legs) if final else natural_order([t.legs for t in inputs], out)
     kernel = EinsumKernel(inputs, order, sizes, backend)
     if all(t.constant for t in inputs):

@@ -33,6 +33,7 @@ class PlanStep:
     moved: int
     size: int
     term: int = 0
+    score: float = 0.0
 
     @property
     def blas(self) -> str:
@@ -49,6 +50,7 @@ class PlanStep:
             "moved": self.moved,
             "size": self.size,
             "term": self.term,
+            "score": self.score,
         }
 
 

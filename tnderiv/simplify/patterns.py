@@ -3,6 +3,12 @@
 Every rule here removes a pattern node (replacing it by copy tensors or one folded constant) and
 adds none, so repeated application terminates. Conditions on sizes must be provable; with symbolic
 sizes most of them are not, and they are decided again when a plan binds the sizes.
+
+``dense pattern`` and ``down-sampling`` are plan-stage rules: whether reading an operand through a
+reshape or view beats keeping the pattern depends on the kernels (on CPU, torch's convolution
+kernels beat a GEMM on a permuted copy for forward passes and input VJPs), so each plan compares
+the rewritten and the derived network under the structure-aware cost model. Apply them to a
+diagram with ``simplify(d, stage="plan")``.
 """
 
 from __future__ import annotations
@@ -45,25 +51,15 @@ def _unfold_into(diagram: Diagram, index: int, reader: int, steps: tuple[int, in
     return diagram.replace(nodes=tuple(nodes), sizes={o2: sizes[o], k2: sizes[k]})
 
 
-@rule("dense pattern", priority=60)
+@rule("dense pattern", priority=60, stage="plan")
 def dense_pattern(diagram: Diagram) -> Diagram | None:
     """``Π[k, o, i]`` with ``K = S``, ``D = 1`` (or ``K = 1``), ``P = 0`` and ``I = O·K`` is a reshape ``i = o·K + k``.
 
-    Fires on such a pattern whose input leg ``i`` is summed and read by exactly one operand: that
-    operand's ``i`` is un-grouped into ``(o', k')`` through its ``groups`` and the pattern becomes
-    ``δ(o', o) δ(k', k)``, which delta elimination turns into renamings. 1×1 convolutions are the
-    case ``K = S = 1``.
+    Fires on such a pattern whose input leg ``i`` is either summed and read by exactly one operand
+    (that operand's ``i`` is un-grouped into ``(o', k')`` through its ``groups``) or open and on the
+    pattern only (the result's axis is un-grouped). The pattern becomes ``δ(o', o) δ(k', k)``, which
+    delta elimination turns into renamings. 1×1 convolutions are the case ``K = S = 1``.
     """
-    return _dense(diagram, open_too=False)
-
-
-@rule("dense pattern on the output", priority=63, stage="plan")
-def dense_pattern_open(diagram: Diagram) -> Diagram | None:
-    """As ``dense pattern``, also where ``i`` is open and on the pattern only (the result's axis is un-grouped). Plan stage."""
-    return _dense(diagram, open_too=True)
-
-
-def _dense(diagram: Diagram, open_too: bool) -> Diagram | None:
     sizes = diagram.sizes
     for index, node in _patterns(diagram):
         k, o, i = node.legs
@@ -80,7 +76,7 @@ def _dense(diagram: Diagram, open_too: bool) -> Diagram | None:
             result = _unfold_into(diagram, index, reader, (params.stride, 1))
             if result is not None:
                 return result
-        elif open_too and i in diagram.open_legs and diagram.nodes_with(i) == (index,):
+        elif i in diagram.open_legs and diagram.nodes_with(i) == (index,):
             return _unfold_open(diagram, index)
     return None
 
@@ -107,7 +103,7 @@ def _unfold_open(diagram: Diagram, index: int) -> Diagram:
     )
 
 
-@rule("down-sampling", priority=61)
+@rule("down-sampling", priority=61, stage="plan")
 def down_sampling(diagram: Diagram) -> Diagram | None:
     """``Π[k, o, i]`` with ``P = 0`` and windows that do not overlap (``S > (K−1)·D``) only selects inputs.
 
