@@ -47,7 +47,10 @@ def module_of(layer: dict[str, Any]) -> tuple[torch.nn.Module, tuple[int, ...]]:
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed round-robin after a warm-up call."""
+    """Best seconds per call of each function, timed round-robin after a warm-up call.
+
+    The minimum, not the median: on a shared machine other processes only ever add time.
+    """
     for fn in fns.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -56,7 +59,7 @@ def timed(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: min(s) for name, s in samples.items()}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -185,11 +188,11 @@ def bench_layer(layer: dict[str, Any], repeat: int) -> dict[str, Any]:
         t = timed({"api": api_call, "compiled": lambda plan=plan, operands=operands: plan.run(operands)}, repeat * 2)
         overhead[quantity] = t["api"] / t["compiled"] - 1
         cold = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             Plan(expr, shapes, x, "auto", network.check_sizes)
             cold.append(time.perf_counter() - start)
-        planning[quantity] = statistics.median(cold)
+        planning[quantity] = min(cold)
     row["overhead"] = overhead
     row["planning"] = planning
     return row
@@ -209,7 +212,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         "",
         "Written by `benchmarks/bench_planner.py`: batch 8, spatial sizes of `data/conv_layers.json` halved, float32,",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, implementations timed round-robin in one",
-        "process (median of repeated calls, milliseconds); every result checked against torch before timing.",
+        "process (best of repeated calls, milliseconds); every result checked against torch before timing.",
         "`tnderiv` is the public API with a warm plan cache. Ratios are tnderiv / reference (below 1: tnderiv faster).",
         "",
     ]

@@ -49,6 +49,7 @@ class TermPlan:
             rewrites = tuple(dict.fromkeys(step.rule for step in derivation.steps))  # type: ignore[union-attr]
             if rewrites:
                 versions.insert(0, (derivation.result, rewrites))  # type: ignore[union-attr]
+        self.plan_rewrites = versions[0][1]  # what the plan-stage rules did, whether or not the result was chosen
         best = None
         self.candidates: list[Candidate] = []
         for diagram, rewrites in versions:
