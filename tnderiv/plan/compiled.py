@@ -120,7 +120,10 @@ class TermPlan:
         else:
             out = self.program(operands)
             if self.coefficient != 1.0:
-                out = out.mul_(self.coefficient) if self.fresh else out * self.coefficient
+                if self.fresh:
+                    out *= self.coefficient  # in place: the program made this array
+                else:
+                    out = out * self.coefficient
         if self._expand is not None:
             keep, full = self._expand
             out = out.reshape(keep)
@@ -178,6 +181,10 @@ def _scalar(like: Any, value: float, backend: str) -> Any:
     import cupy  # type: ignore[import-not-found]
 
     return cupy.full((), value, dtype=like.dtype)
+
+
+def _broadcast(array: Any, shape: tuple[int, ...]) -> Any:
+    return array.expand(*shape) if hasattr(array, "expand") else _cupy_broadcast(array, shape)
 
 
 def _cupy_broadcast(array: Any, shape: tuple[int, ...]) -> Any:
@@ -267,9 +274,9 @@ class Plan:
         for term in self._order:
             out = term.run(operands)
             if total is None:
-                total, owned = (out, term.fresh) if term.full else (out.expand(self.out_shape), False)
+                total, owned = (out, term.fresh) if term.full else (_broadcast(out, self.out_shape), False)
             elif owned:
-                total.add_(out)  # a fresh full-size result: accumulate in place (broadcasting)
+                total += out  # a fresh full-size result: accumulate in place (broadcasting)
             else:
                 total, owned = total + out, True
         return total

@@ -86,9 +86,14 @@ def device_constant(node: Node, sizes: Mapping[str, int], backend: Any, like: An
     """The node's values as an array of ``like``'s backend, dtype and device; built once per shape (bounded cache)."""
     leg_sizes = tuple(int(sizes[leg]) for leg in node.legs)
     key = (node, leg_sizes, backend.name, backend.device_key(like), backend.dtype_key(like))
+    return device_cached(key, lambda: backend.from_numpy(constant_array(node, sizes), like))
+
+
+def device_cached(key: Any, build: Any) -> Any:
+    """A device array cached under ``key`` (constants and folded constant-only steps; bounded, oldest dropped first)."""
     value = _DEVICE_CONSTANTS.get(key)
     if value is None:
-        value = backend.from_numpy(constant_array(node, sizes), like)
+        value = build()
         if len(_DEVICE_CONSTANTS) >= _DEVICE_LIMIT:
             _DEVICE_CONSTANTS.pop(next(iter(_DEVICE_CONSTANTS)))
         _DEVICE_CONSTANTS[key] = value

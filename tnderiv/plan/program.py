@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tnderiv.ir import Diagram, Node, NodeKind
+from tnderiv.plan.constants import device_cached
 from tnderiv.plan.conv import ConvKernel, match_conv
 from tnderiv.plan.cost import StepCost, grouped_weight_slowdown
 from tnderiv.plan.kernels import (
@@ -208,6 +209,10 @@ class Program:
                 self.operands.append((j, node.name, leg_layout(node, network.sizes)))
         self.steps: list[Instruction] = []
         self.kernels: list[Kernel] = []
+        place = (backend, str(getattr(like, "device", "")), str(getattr(like, "dtype", "")))
+        keys: dict[int, Any] = {
+            j: ("node", node, tuple(network.sizes[leg] for leg in node.legs)) for j, node in enumerate(network.nodes) if node.is_constant
+        }
         last_use: dict[int, int] = {}
         for number, c in enumerate(contractions):
             for j in c.ids:
@@ -223,7 +228,9 @@ class Program:
             constant[c.out_id] = all(constant[j] for j in c.ids)
             self.kernels.append(kernel)
             if constant[c.out_id]:
-                values[c.out_id] = kernel(*(values[j] for j in c.ids))  # folded once, kept on the device
+                # folded once per shape, kept on the device and shared by every plan that folds the same step
+                keys[c.out_id] = ("fold", getattr(kernel, "equation", kernel.kind), tuple(keys[j] for j in c.ids), place)
+                values[c.out_id] = device_cached(keys[c.out_id], lambda c=c, kernel=kernel: kernel(*(values[j] for j in c.ids)))
                 continue
             release = tuple(j for j in c.ids if last_use[j] == number and j >= len(inputs))
             self.steps.append(Instruction(kernel, c.ids, c.out_id, release))
