@@ -126,8 +126,9 @@ def test_constant_only_steps_are_folded_once_and_kept_on_the_device() -> None:
             pi[k, o, i] = 1
     want = torch.einsum("nck,koi,loi,l->nc", x[..., :3], pi, pi, yv)
     torch.testing.assert_close(raw_plan(x=x[..., :3].contiguous(), y=yv), want, **TOL)
-    # another batch size plans anew but reuses the folded constant already on the device
-    other = get_plan(two_constants, {"x": (5, 2, 3), "y": (3,)}, x, simplify=False)
+    # another network with the same constant sub-network reuses the folded constant already on the device
+    wider = Diagram(two_constants.nodes, ("n", "c"), dict(sizes, l=3, c=4))
+    other = get_plan(wider, {"x": (3, 4, 3), "y": (3,)}, x, simplify=False)
     folded = [v for v in raw_plan.term_plans[0].program.initial if v is not None]
     assert folded and any(v is w for v in folded for w in other.term_plans[0].program.initial)
 
