@@ -100,8 +100,10 @@ def _transposed_sizes(cfg: ConvConfig) -> tuple[int, ...]:
         (ConvConfig(2, 4, 6, (3, 3), (2, 2), (1, 1), 1, 2, False, input_size=(7, 6)), ("conv", "conv_transpose", "conv_weight", "conv_weight")),
         (ConvConfig(1, 2, 3, (3,), (1,), (2,), ((2, 1),), 1, False, "reflect", input_size=(6,)), ("conv", "conv_transpose", "conv_weight", "conv_weight")),
         (ConvConfig(2, 2, 4, (2, 3), (2, 1), (1, 1), 1, 2, False, transposed=True, output_padding=(1, 0), input_size=(3, 4)), ("conv_transpose", "conv", "conv_weight", "conv_weight")),
+        # depthwise 5x5: the weight gradient runs as a forward convolution with the output gradient as kernel
+        (ConvConfig(2, 2, 2, (5, 5), (2, 1), (1, 1), 2, 2, False, input_size=(9, 8)), ("conv", "conv_transpose", "conv_weight", "conv_weight")),
     ],
-    ids=["grouped-strided", "reflect-asymmetric", "transposed"],
+    ids=["grouped-strided", "reflect-asymmetric", "transposed", "depthwise-5x5"],
 )
 def test_each_role_uses_its_torch_kernel(cfg: ConvConfig, kinds: tuple[str, ...]) -> None:
     """A step with every node of the term (an explicit one-step path) runs as the torch kernel of its role."""
