@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quantities", nargs="+", metavar="Q", help="subset of quantities (default: all)")
     run.add_argument("--layers", nargs="+", metavar="PATTERN", help="layers whose id contains PATTERN or whose category is PATTERN")
     run.add_argument("--impls", nargs="+", metavar="NAME", help="only these implementations (plus each reference)")
-    run.add_argument("--repeat", type=int, default=7, help="timed samples per implementation (median taken; default 5)")
+    run.add_argument("--repeat", type=int, default=5, help="timed samples per implementation (median taken; default 5)")
     run.add_argument("--warmup", type=int, default=1,
                      help="untimed warm-up calls after the first (cold) call; the memory-profiled call counts as one (default 1)")
     run.add_argument("--budget", type=float, default=1.0,

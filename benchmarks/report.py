@@ -127,8 +127,10 @@ class Report:
                     elif not bad:
                         cells.append("✓")
                     else:
-                        parts = [f"{STATUS_MARK.get(r['status'], r['status'])}: {r['quantity']}" for r in bad]
-                        cells.append("<br>".join(parts))
+                        by_status: dict[str, list[str]] = defaultdict(list)
+                        for r in bad:
+                            by_status[STATUS_MARK.get(r["status"], r["status"])].append(r["quantity"])
+                        cells.append("<br>".join(f"{status}: {', '.join(qs)}" for status, qs in by_status.items()))
                         details += [f"- `{layer}` {impl} {r['quantity']}: {r['status']} — {r['note']}" for r in bad]
                 out.append(f"| {layer.split('/', 1)[1]} ({notes.get(layer, '')}) | " + " | ".join(cells) + " |")
             if details:
@@ -140,7 +142,8 @@ class Report:
         unsupported = defaultdict(list)
         for r in self.timed:
             if r["status"] in ("unsupported", "missing", "skipped"):
-                unsupported[(r["impl"], r["quantity"], r["status"], r["note"])].append(r["layer"])
+                reason = r["note"].split(" ([")[0]  # size-guard notes differ only in their sizes
+                unsupported[(r["impl"], r["quantity"], r["status"], reason)].append(r["layer"])
         if unsupported:
             out += ["", "Not run (refused, not installed, or skipped by a size guard):", ""]
             for (impl, q, status, note), layers in sorted(unsupported.items()):

@@ -46,9 +46,11 @@ def ratios(records: Sequence[Record], quantity: str, impl: str, baseline: str) -
     return {layer: a[layer] / b[layer] for layer in a if layer in b}
 
 
-def _worst(r: dict[str, float], high: bool = True, k: int = 3) -> str:
+def _worst(r: dict[str, float], high: bool = True, k: int = 4, times: dict[str, float] | None = None) -> str:
     items = sorted(r.items(), key=lambda kv: kv[1], reverse=high)[:k]
-    return ", ".join(f"{layer} {value:.2f}×" for layer, value in items)
+    return ", ".join(
+        f"{layer} {value:.2f}×" + (f" ({times[layer] * 1e3:.2g} ms)" if times and layer in times else "") for layer, value in items
+    )
 
 
 def median_at_most(quantity: str, baseline: str, bound: float, impl: str = "tnderiv") -> Callable[[Sequence[Record]], Outcome]:
@@ -57,7 +59,8 @@ def median_at_most(quantity: str, baseline: str, bound: float, impl: str = "tnde
         if not r:
             return Outcome("no data", None)
         m = statistics.median(r.values())
-        return Outcome(f"median {m:.2f}× over {len(r)} layers", m <= bound, "slowest: " + _worst(r))
+        return Outcome(f"median {m:.2f}× over {len(r)} layers", m <= bound,
+                       "slowest (tnderiv's time): " + _worst(r, times=_times(records, quantity, impl)))
 
     return evaluate
 
@@ -69,7 +72,7 @@ def every_layer_below(quantity: str, baseline: str, bound: float = 1.0, impl: st
             return Outcome("no data", None)
         slower = {k: v for k, v in r.items() if v >= bound}
         text = f"faster on {len(r) - len(slower)}/{len(r)} layers (median {statistics.median(r.values()):.2f}×)"
-        return Outcome(text, not slower, ("not faster: " + _worst(slower)) if slower else "")
+        return Outcome(text, not slower, ("not faster: " + _worst(slower, times=_times(records, quantity, impl))) if slower else "")
 
     return evaluate
 
@@ -82,7 +85,10 @@ def kfac_reduce_speedup(records: Sequence[Record]) -> Outcome:
     m = statistics.median(speedups.values())
     slower = {k: v for k, v in speedups.items() if v < 1}
     text = f"median speed-up {m:.2f}×, slower on {len(slower)}/{len(r)} layers"
-    worst = "slower: " + ", ".join(f"{k} {v:.2f}×" for k, v in sorted(slower.items(), key=lambda kv: kv[1])[:3]) if slower else ""
+    times = _times(records, "kfac_A_reduce", "tnderiv")
+    worst = "slower (speed-up, tnderiv's time): " + ", ".join(
+        f"{k} {v:.2f}× ({times[k] * 1e3:.2g} ms)" for k, v in sorted(slower.items(), key=lambda kv: kv[1])
+    ) if slower else ""
     return Outcome(text, m >= 2 and not slower, worst)
 
 
@@ -119,7 +125,13 @@ def warm_overhead(overhead: Sequence[Record]) -> Outcome:
         return Outcome("no data", None)
     m = statistics.median(values)
     share = sum(v < 0.05 for v in values) / len(values)
-    return Outcome(f"median {m:+.1%}; under 5% for {share:.0%} of {len(values)} calls", m < 0.05)
+    rows = [o for o in overhead if "overhead" in o and o["category"] not in SUITE_EXCLUDED]
+    absolute = statistics.median(o["api_s"] - o["direct_s"] for o in rows)
+    long = [o["overhead"] for o in rows if o["direct_s"] > 0.005]
+    text = f"median {m:+.1%} (≈ {absolute * 1e3:.2f} ms per call); under 5% for {share:.0%} of {len(values)} calls"
+    if long:
+        text += f"; calls over 5 ms: median {statistics.median(long):+.1%}"
+    return Outcome(text, m < 0.05)
 
 
 def cold_plan(overhead: Sequence[Record]) -> Outcome:
@@ -158,13 +170,23 @@ TARGETS: tuple[Target, ...] = (
            median_at_most("per_sample_grad", "vmap", 1.0)),
     Target("7.kfac_reduce", 7, "KFAC-reduce input factor ≥ 2× faster than unfold (median, CPU) and never slower", "cpu",
            kfac_reduce_speedup,
-           "the reduce factor needs Σ_o Π (a small constant Π̄) contracted with x; where it misses, the plan either "
-           "still unfolds, or the Π̄ contraction is a dense GEMM over a large kernel·input leg; folding Π̄ per shape "
-           "and contracting it per spatial dimension would fix it."),
+           "two causes. (1) On layers where both take well under a millisecond (1×1 convolutions, wav2vec2's conv0 "
+           "with one input channel) tnderiv's fixed cost per call — module → spec, diagram and plan look-ups by "
+           "canonical hash, tensor checks, about 0.2–0.4 ms on this machine (see the call-overhead table) — exceeds "
+           "the whole unfold computation. Fix: memoize the plan per (spec, shapes, dtype, device) so that a warm call "
+           "is one dictionary look-up. (2) Where the layer has few output positions and a long weight row (resnet18 "
+           "layer4.1.conv2: d_in = 4608, 9 positions) the Gram matrix 2·N·d_in² dominates both implementations and "
+           "the unfold step tnderiv avoids is a small fraction, so a 2× speed-up is unattainable there by "
+           "construction; the target is only meaningful where the unfolded input is large (positions ≫ d_in)."),
     Target("7.kfac_expand", 7, "KFAC-expand input factor at least as fast as unfold + matmul (median)", "any",
            median_at_most("kfac_A_expand", "unfold", 1.0),
-           "expand is a Gram matrix of the unfolded input; unfold + one GEMM (torch's im2col in C++) is the optimum on "
-           "CPU, so tnderiv can at best match it by lowering to the same two steps."),
+           "expand's A is the Gram matrix of the unfolded input, and unfold (torch's im2col in C++) + one GEMM is the "
+           "best schedule on CPU. tnderiv matches it on the large layers (0.9–1.1×) but loses on depthwise layers and "
+           "on sub-millisecond layers. Its plan gathers one spatial dimension at a time (two passes, each writing a "
+           "kernel-expanded copy of the input: e.g. 3.6 M then 5.4 M elements for mobilenet_v2 features.2.dw) where "
+           "im2col makes one pass; on depthwise layers (d_in = 9 per group) the gathers are the whole cost, hence "
+           "≈ 2×. Fix: fuse consecutive pattern gathers of one operand into a single gather (or call im2col when all "
+           "its pattern legs are gathered), plus the warm-call memoization for the small layers."),
     Target("7.kfac.einconv", 7, "KFAC-expand and -reduce input factors faster than einconv (median)", "any",
            lambda recs: _both(recs),
            "see KFAC-expand/reduce."),
@@ -178,8 +200,11 @@ TARGETS: tuple[Target, ...] = (
 
 OVERHEAD_TARGETS = (
     ("3.warm", 3, "a warm call (plan cached) costs < 5% more than running the compiled expression directly", warm_overhead,
-     "the API re-derives nothing but still converts the module to a spec, looks the diagram and the plan up by "
-     "canonical hash and checks the tensors; caching the (spec, shapes) → plan lookup on the module would remove it."),
+     "the overhead is a fixed cost per call, not a proportion: a warm call still converts the module to a spec, "
+     "looks up the derived diagram and then the plan by canonical hash, and checks the tensors; on the many "
+     "sub-millisecond layers of the CPU suite that is more than 5%, while on calls over 5 ms it is within the "
+     "target. Fix: memoize the final plan under a cheap key (spec, shapes, dtype, device) so that a warm call "
+     "skips derivation and hashing entirely."),
     ("3.cold", 3, "a cold call plans in under 20 ms", cold_plan,
      "opt_einsum's exact dynamic programming and the constant-pattern construction run per new shape; caching "
      "pattern constants across plans and a greedy first plan would cut it."),

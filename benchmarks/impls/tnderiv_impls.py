@@ -137,7 +137,9 @@ def plan_for(p: Problem, quantity: str) -> Any:
         if p.module.bias is not None:
             shapes["bias"] = tuple(p.module.bias.shape)
     elif quantity == "vjp_x":
-        shapes.pop("x")
+        from tnderiv.plan.bind import OUTPUT
+
+        shapes[OUTPUT] = shapes.pop("x")  # strided layers need the input size: it is not implied by grad_out
     else:
         shapes.pop("weight")
     return tnderiv.plan(layer, shapes, quantity=PLANNED[quantity], dtype=p.x.dtype, device=p.x.device)
