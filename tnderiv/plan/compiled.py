@@ -269,7 +269,7 @@ class Plan:
         """Contract without checks or chunking (operands by name, user layout)."""
         if self._fused is not None:
             program, name, length = self._fused
-            return program.run_with_bias(operands, operands[name].reshape(length)).view(self.out_shape)
+            return program.run_with_bias(operands, operands[name].reshape(length))
         total, owned = None, False
         for term in self._order:
             out = term.run(operands)

@@ -288,8 +288,11 @@ class ConvKernel(Kernel):
         return y
 
     # ----- running -------------------------------------------------------------------------------
-    def __call__(self, *arrays: Any, bias: Any = None) -> Any:
-        """The step's value; ``bias`` (``[G·C_out]``, conv and conv_transpose only) is added by torch's kernel."""
+    def __call__(self, *arrays: Any, bias: Any = None, natural: bool = False) -> Any:
+        """The step's value; ``bias`` (``[G·C_out]``, conv and conv_transpose only) is added by torch's kernel.
+
+        ``natural=True`` returns torch's own layout (``[batch, G·C_out, *spatial]``) without regrouping its axes.
+        """
         import torch
 
         a, b = arrays[self.match.x], arrays[self.match.w]
@@ -314,7 +317,7 @@ class ConvKernel(Kernel):
                 other, self._prepare_input(xin), dummy, None, list(self.stride), list(self.padding), list(self.dilation),
                 False, [0] * self.nd, self.groups, [False, True, False],
             )[1]
-        return y.reshape(self.out_shape) if self.reshape_out else y
+        return y.reshape(self.out_shape) if self.reshape_out and not natural else y
 
     def _weight_by_forward(self, xin: Any, grad: Any) -> Any:
         """The weight gradient as a forward convolution: the output gradient is the kernel, stride and dilation swap."""

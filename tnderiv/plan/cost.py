@@ -14,9 +14,12 @@ from dataclasses import dataclass
 # One element moved costs about as much time as this many FLOPs in a BLAS kernel (memory-bound vs.
 # compute-bound on CPUs and GPUs alike, within a factor of a few).
 MOVE_COST = 8.0
-# torch's convolution kernels avoid materializing the unfolded input; they run at about this
-# fraction of the time a GEMM with the same FLOPs plus its gather would take.
+# torch's convolution kernels avoid materializing the unfolded input where windows overlap; they then
+# run at about this fraction of the time a GEMM with the same FLOPs plus its gather would take.
 CONV_DISCOUNT = 0.5
+# GEMMs whose contracted dimension is small run far below peak (a 1x1 convolution from 16 channels:
+# measured 2x slower than torch's convolution kernel); below this size the arithmetic costs more.
+GEMM_FULL_SPEED_DEPTH = 32
 # a fixed price per kernel launch, in FLOP-equivalents, so that needless steps are avoided
 LAUNCH_COST = 2_000.0
 # A weight gradient with many groups of several channels each (the per-sample trick: groups = N·G)
@@ -55,15 +58,24 @@ class StepCost:
     flops: int
     moved: int
     size: int
-    slowdown: float = 1.0  # how much slower than its kind usually runs (see ``grouped_weight_slowdown``)
+    factor: float = 1.0  # time per FLOP relative to a GEMM at full speed (see ``conv_factor``, ``gemm_factor``)
 
     @property
     def time(self) -> float:
         """A time-like score in FLOP-equivalents (what candidate orders are ranked by)."""
         if self.kind == "folded":
             return 0.0
-        arithmetic = self.flops * (CONV_DISCOUNT if self.kind.startswith("conv") else 1.0) * self.slowdown
-        return arithmetic + MOVE_COST * self.moved + LAUNCH_COST
+        return self.flops * self.factor + MOVE_COST * self.moved + LAUNCH_COST
+
+
+def conv_factor(overlapping: bool, slowdown: float = 1.0) -> float:
+    """Time per FLOP of a torch convolution kernel: cheaper than unfold + GEMM only where windows overlap."""
+    return (CONV_DISCOUNT if overlapping else 1.0) * slowdown
+
+
+def gemm_factor(depth: int) -> float:
+    """Time per FLOP of a GEMM contracting ``depth`` elements per output."""
+    return max(1.0, GEMM_FULL_SPEED_DEPTH / max(depth, 1))
 
 
 def grouped_weight_slowdown(groups: int, channels_per_group: int, positions: int) -> float:

@@ -19,7 +19,7 @@ from opt_einsum.helpers import flop_count
 
 from tnderiv.ir import Node, NodeKind, PaddingMode
 from tnderiv.plan.constants import constant_array
-from tnderiv.plan.cost import StepCost
+from tnderiv.plan.cost import StepCost, gemm_factor
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,10 @@ class EinsumKernel(Kernel):
         self._torch = backend == "torch" and symbols is not None
         flops = dense_flops(inputs, out_legs, sizes)
         moved = 0 if self.kind == "transpose" else sum(_size(t.legs, sizes) for t in inputs) + _size(out_legs, sizes)
-        self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes))
+        factor = 1.0
+        if self.kind in ("GEMM", "batched GEMM"):
+            factor = gemm_factor(_size(list(set(inputs[0].legs) & set(inputs[1].legs) - set(out_legs)), sizes))
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes), factor)
 
     def __call__(self, *arrays: Any) -> Any:
         if self._torch:
@@ -229,8 +232,9 @@ class MatmulKernel(Kernel):
         self.copied, self.swap, self.left, self.right, self.out_legs, self.out_shape = best
         self.kind = "batched GEMM" if set(a.legs) & set(b.legs) & out else "GEMM"
         flops = dense_flops([a, b], self.out_legs, sizes)
-        moved = _size(a.legs, sizes) + _size(b.legs, sizes) + _size(self.out_legs, sizes)
-        self.cost = StepCost(self.kind, flops, flops, moved, _size(self.out_legs, sizes))
+        moved = _size(a.legs, sizes) + _size(b.legs, sizes) + _size(self.out_legs, sizes) + self.copied
+        depth = _size(list(set(a.legs) & set(b.legs) - out), sizes)
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(self.out_legs, sizes), gemm_factor(depth))
 
     def __call__(self, *arrays: Any) -> Any:
         import torch
@@ -239,6 +243,15 @@ class MatmulKernel(Kernel):
         p = _arrange(first, self.left)
         q = _arrange(second, self.right)
         return torch.matmul(p, q).view(self.out_shape)
+
+
+def matmul_copies(a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> int:
+    """Input elements the best matmul layout copies (inputs assumed contiguous in their leg order)."""
+    return min(
+        copied
+        for left, right in ((a, b), (b, a))
+        for copied, *_ in _matmul_layouts(left.legs, right.legs, out, sizes)
+    )
 
 
 def matmul_applies(a: StepInput, b: StepInput, out: set[str]) -> bool:

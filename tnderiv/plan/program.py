@@ -15,7 +15,7 @@ from typing import Any
 from tnderiv.ir import Diagram, Node, NodeKind
 from tnderiv.plan.constants import device_cached
 from tnderiv.plan.conv import ConvKernel, match_conv
-from tnderiv.plan.cost import StepCost, grouped_weight_slowdown
+from tnderiv.plan.cost import StepCost, conv_factor, gemm_factor, grouped_weight_slowdown
 from tnderiv.plan.kernels import (
     EinsumKernel,
     Kernel,
@@ -25,6 +25,7 @@ from tnderiv.plan.kernels import (
     dense_flops,
     einsum_kind,
     matmul_applies,
+    matmul_copies,
     natural_order,
 )
 from tnderiv.plan.layout import LegLayout, leg_array, leg_layout
@@ -119,6 +120,11 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
             return StepCost(kind, dense, 0, data_size + size, size)
     kind = einsum_kind([t.legs for t in inputs], out_legs)
     moved = 0 if kind == "transpose" else sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs) + size
+    if kind in ("GEMM", "batched GEMM") and len(inputs) == 2:
+        a, b = inputs
+        depth = math.prod(sizes[leg] for leg in set(a.legs) & set(b.legs) - out)
+        copied = matmul_copies(a, b, out, sizes) if backend == "torch" and matmul_applies(a, b, out) else 0
+        return StepCost(kind, dense, dense, moved + copied, size, gemm_factor(depth))
     return StepCost(kind, dense, dense, moved, size)
 
 
@@ -131,7 +137,8 @@ def conv_cost(match: Any, inputs: Sequence[StepInput], sizes: Mapping[str, int],
     if match.role == "conv_weight":
         positions = math.prod(d.out for d in match.dims)
         slowdown = grouped_weight_slowdown(prod(match.group), prod(match.cin) * prod(match.cout), positions)
-    return StepCost(match.role, dense, useful, moved, size, slowdown)
+    overlapping = any(d.kernel > 1 and d.params.stride < (d.kernel - 1) * d.params.dilation + 1 for d in match.dims)
+    return StepCost(match.role, dense, useful, moved, size, conv_factor(overlapping, slowdown))
 
 
 def _sparse_pair(inputs: Sequence[StepInput]) -> tuple[StepInput, StepInput] | None:
@@ -195,6 +202,7 @@ class Program:
 
     def __init__(self, network: Network, path: Sequence[Sequence[int]], backend: str, like: Any, constant_value: Any) -> None:
         self.network = network
+        self._direct: tuple[tuple[str | None, LegLayout | None], ...] | None = None
         self.backend = backend
         self.path = [tuple(p) for p in path]
         inputs = network.inputs()
@@ -245,12 +253,12 @@ class Program:
         self.fresh = bool(self.steps) and self.steps[-1].output == self.result and self.steps[-1].kernel.fresh
 
     def run_with_bias(self, operands: Mapping[str, Any], bias: Any) -> Any:
-        """A one-step convolution program with a bias added by the convolution itself."""
-        values = list(self.initial)
-        for slot, name, layout in self.operands:
-            values[slot] = leg_array(operands[name], layout)
-        step = self.steps[0]
-        return step.kernel(*(values[j] for j in step.inputs), bias=bias)  # type: ignore[call-arg]
+        """A one-step convolution program with a bias added by the convolution itself; the kernel's natural layout."""
+        if self._direct is None:
+            by_slot = {slot: (name, layout) for slot, name, layout in self.operands}
+            self._direct = tuple(by_slot.get(j, (None, None)) for j in self.steps[0].inputs)
+        args = [None if name is None else (operands[name] if layout.identity else leg_array(operands[name], layout)) for name, layout in self._direct]
+        return self.steps[0].kernel(*args, bias=bias, natural=True)  # type: ignore[call-arg]
 
     def __call__(self, operands: Mapping[str, Any]) -> Any:
         """The term's value on its output legs (without broadcast legs and coefficient)."""
