@@ -48,9 +48,16 @@ CUPY = Backend("cupy")
 BACKENDS = (TORCH, CUPY)
 
 
+_BY_TYPE: dict[type, Backend] = {}
+
+
 def backend_of(array: Any, name: str = "tensor") -> Backend:
     """The backend owning ``array``; raises a TypeError naming ``name`` for anything else."""
+    found = _BY_TYPE.get(type(array))
+    if found is not None:
+        return found
     for backend in BACKENDS:
         if backend.owns(array):
+            _BY_TYPE[type(array)] = backend  # the hot path of every call: look types up once
             return backend
     raise TypeError(f"{name} must be a torch.Tensor or a cupy.ndarray, got {type(array).__name__}")
