@@ -2,7 +2,7 @@
 
 The folded node keeps the sub-network as a diagram (legs renamed canonically), so two equal
 sub-networks fold to equal nodes; plans contract it once per shape (``plan.constants``) and keep the
-values on the device.
+values on the device. Every firing replaces two nodes by one, so repeated application terminates.
 """
 
 from __future__ import annotations
