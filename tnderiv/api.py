@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from tnderiv.calculus import derive, parse_quantity
@@ -11,23 +11,22 @@ from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
 from tnderiv.layers.base import LayerNetwork, spec_of
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
+from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.optimizers import cache_key
 
 PARAMS = ("weight", "bias")
 BUFFERS = ("running_mean", "running_var")  # statistics of normalization modules, used by their forward
 
 
 def _module_params(layer: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-    """Fill missing ``weight``/``bias`` from a torch module's own parameters (detached)."""
-    try:
-        import torch.nn
-    except ImportError:  # pragma: no cover
-        return tensors
-    if isinstance(layer, torch.nn.Module):
-        for name in PARAMS + BUFFERS:
-            # only tensors: some modules use these names for flags (nn.LSTM.bias is a bool)
-            if tensors.get(name) is None and isinstance(getattr(layer, name, None), torch.Tensor):
-                tensors[name] = getattr(layer, name).detach()
+    """Fill missing ``weight``/``bias`` (and running statistics) from a torch module's own tensors, detached."""
+    # the module's registries, not getattr: only registered tensors count (nn.LSTM.bias is a bool flag)
+    for registry, names in ((getattr(layer, "_parameters", None), PARAMS), (getattr(layer, "_buffers", None), BUFFERS)):
+        if registry:
+            for name in names:
+                if tensors.get(name) is None and registry.get(name) is not None:
+                    tensors[name] = registry[name].detach()
     return tensors
 
 
@@ -58,6 +57,34 @@ def _network(layer: Any, shapes: Mapping[str, tuple[int, ...]]) -> LayerNetwork:
     return spec_of(layer).network(shapes)
 
 
+class _Call:
+    """A warm call: the plan of one quantity for one set of tensor shapes, dtypes and devices."""
+
+    __slots__ = ("needed", "plan", "prepare")
+
+    def __init__(self, needed: tuple[str, ...], plan: Plan, prepare: Any) -> None:
+        self.needed, self.plan, self.prepare = needed, plan, prepare
+
+    def __call__(self, given: dict[str, Any]) -> Any:
+        if self.prepare is not None:
+            given.update(self.prepare(given))
+        return self.plan({name: given[name] for name in self.needed})
+
+
+CALL_CACHE: LRUCache[_Call] = LRUCache(maxsize=1024)
+
+
+def _call_key(spec: Any, quantity: str, given: Mapping[str, Any], output_shape: Any, optimize: Any) -> Hashable | None:
+    """A cheap key for a warm call, or None for anything unusual (the slow path then raises properly)."""
+    try:
+        tensors = tuple((k, type(v), tuple(v.shape), v.dtype, v.device) for k, v in given.items())
+        key = (spec, quantity, tensors, None if output_shape is None else tuple(output_shape), cache_key(optimize))
+        hash(key)
+    except (AttributeError, TypeError):
+        return None
+    return key
+
+
 def run_quantity(
     layer: Any,
     quantity: str,
@@ -66,23 +93,48 @@ def run_quantity(
     output_shape: Sequence[int] | None = None,
     optimize: Any = "auto",
 ) -> Any:
-    """Evaluate ``quantity`` of ``layer`` with the given tensors (by operand name)."""
+    """Evaluate ``quantity`` of ``layer`` with the given tensors (by operand name).
+
+    The first call with given shapes, dtypes and devices checks everything and plans; later calls
+    look the plan up under (spec, quantity, shapes, dtypes, devices, optimizer) and run it.
+    """
     spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
     given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
+    key = _call_key(spec, quantity, given, output_shape, optimize)
+    build = lambda: _build_call(layer, spec, quantity, tensors, given, output_shape, optimize)  # noqa: E731
+    call = build() if key is None else CALL_CACHE.get_or_build(key, build)
+    return call(given)
+
+
+def _build_call(
+    layer: Any,
+    spec: Any,
+    quantity: str,
+    tensors: Mapping[str, Any],
+    given: dict[str, Any],
+    output_shape: Sequence[int] | None,
+    optimize: Any,
+) -> _Call:
+    """Check the tensors, derive the quantity's diagram and plan it (the cold path)."""
     like = check_tensors(given)
     shapes = {name: tuple(array.shape) for name, array in given.items()}
     rank_shapes = dict(shapes)
-    if output_shape is not None and quantity.startswith("vjp_"):
-        rank_shapes.setdefault(quantity[4:], tuple(output_shape))
-    if "tangent" in shapes and quantity.startswith("jvp_"):
+    kind, _, wrt = quantity.partition("_")
+    if output_shape is not None and kind == "vjp":
+        rank_shapes.setdefault(wrt, tuple(output_shape))
+    if "tangent" in shapes and kind == "jvp":
         # the tangent is shaped like the operand: it tells the rank of x (weight-sharing legs of Linear)
-        rank_shapes.setdefault(quantity[4:], shapes["tangent"])
-    network = _network(layer, rank_shapes)
+        rank_shapes.setdefault(wrt, shapes["tangent"])
+    network = spec.network(rank_shapes)
+    if kind in ("vjp", "jvp") and wrt not in network.operands:
+        raise ValueError(f"unknown operand {wrt!r} in quantity {quantity!r}; this layer has {list(network.operands)}")
     for name in PARAMS:
         if tensors.get(name) is not None and name not in network.operands:
             raise ValueError(f"{name}= was given but {spec} has no {name}; its operands are {list(network.operands)}")
-    if output_shape is not None and quantity.startswith("vjp_"):
-        wrt = quantity[4:]
+    if kind == "jvp" and wrt in network.params and output_shape is None:
+        # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
+        output_shape = _output_shape(network, dict(given))
+    if output_shape is not None and kind == "vjp":
         axes = _forward_axes(network, wrt)
         if axes is not None and len(output_shape) != len(axes):
             expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
@@ -92,10 +144,13 @@ def run_quantity(
             )
     expr = derive(network, quantity)
     needed = expr.operand_names
+    prepare = None
     if network.prepare is not None and any(name in network.derived for name in needed):
-        given.update(network.prepare(given))
-        shapes.update({name: tuple(given[name].shape) for name in network.derived if name in given})
-    missing = [name for name in needed if name not in given]
+        prepare = network.prepare
+        derived = dict(given)
+        derived.update(prepare(derived))
+        shapes.update({name: tuple(derived[name].shape) for name in network.derived if name in derived})
+    missing = [name for name in needed if name not in shapes]
     if missing:
         args = ", ".join(f"{name}=..." for name in missing)
         raise ValueError(f"{quantity} of {type(layer).__name__} needs {args}")
@@ -104,8 +159,7 @@ def run_quantity(
     plan_shapes = {name: shapes[name] for name in needed}
     if output_shape is not None:
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
-    plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes)
-    return plan({name: given[name] for name in needed})
+    return _Call(tuple(needed), get_plan(expr, plan_shapes, like, optimize, network.check_sizes), prepare)
 
 
 def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ...] | None:
@@ -147,7 +201,7 @@ def vjp(
     ``vjp(spec, "bias", grad_out)``. Other operands of custom layers go by name in ``operands``.
     """
     tensors = {"grad_out": grad_out, "x": x, "weight": weight, "bias": bias, **operands}
-    _check_wrt(layer, "vjp", wrt, tensors)
+    _check_wrt_name(wrt)
     out_shape = tuple(x_shape) if (wrt == "x" and x_shape is not None) else None
     if tensors.get(wrt) is not None:
         out_shape = tuple(tensors[wrt].shape)
@@ -169,10 +223,8 @@ def jvp(
 ) -> Any:
     """The output's change when operand ``wrt`` moves along ``tangent`` (shaped like ``wrt``): the output's shape."""
     tensors = {"tangent": tangent, "x": x, "weight": weight, "bias": bias, **operands}
-    network = _check_wrt(layer, "jvp", wrt, tensors)
-    # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
-    out_shape = _output_shape(network, _module_params(layer, dict(tensors))) if wrt in network.params else None
-    return run_quantity(layer, f"jvp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
+    _check_wrt_name(wrt)
+    return run_quantity(layer, f"jvp_{wrt}", tensors, optimize=optimize)
 
 
 def _output_shape(network: LayerNetwork, tensors: dict[str, Any]) -> tuple[int, ...] | None:
@@ -248,11 +300,6 @@ def plan(
     return get_plan(expr, shapes, like, optimize, check)
 
 
-def _check_wrt(layer: Any, kind: str, wrt: str, tensors: Mapping[str, Any]) -> LayerNetwork:
+def _check_wrt_name(wrt: Any) -> None:
     if not isinstance(wrt, str):
         raise TypeError(f"wrt must be an operand name (str), got {type(wrt).__name__}")
-    shapes = {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")}
-    network = _network(layer, shapes)
-    if wrt not in network.operands:
-        raise ValueError(f"unknown operand {wrt!r} for {kind}; this layer has {list(network.operands)}")
-    return network

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -77,14 +78,29 @@ def register_module(*module_types: type) -> Callable[[Callable[[Any], Layer]], C
 
 
 def spec_of(layer: Any) -> Layer:
-    """The spec of a spec or of a supported ``torch.nn`` module; raises naming unsupported types."""
-    if isinstance(layer, Layer) and not _is_module(layer):
-        return layer
+    """The spec of a spec or of a supported ``torch.nn`` module; raises naming unsupported types.
+
+    A module's spec is remembered per module (and its train/eval mode): hyperparameters of torch
+    modules are fixed at construction.
+    """
+    if not _is_module(layer):
+        if callable(getattr(layer, "network", None)):
+            return layer
+    else:
+        cached = _MODULE_SPECS.get(layer)
+        if cached is not None and cached[0] == layer.training:
+            return cached[1]
     for module_type in type(layer).__mro__:
         if module_type in _FROM_MODULE:
-            return _FROM_MODULE[module_type](layer)
+            spec = _FROM_MODULE[module_type](layer)
+            if _is_module(layer):
+                _MODULE_SPECS[layer] = (layer.training, spec)
+            return spec
     supported = ", ".join(sorted(t.__name__ for t in _FROM_MODULE))
     raise TypeError(f"unsupported layer of type {type(layer).__name__}; supported modules: {supported}, or a tnderiv spec")
+
+
+_MODULE_SPECS: weakref.WeakKeyDictionary[Any, tuple[bool, Layer]] = weakref.WeakKeyDictionary()
 
 
 def _is_module(obj: Any) -> bool:
