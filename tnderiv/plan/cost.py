@@ -17,9 +17,6 @@ MOVE_COST = 8.0
 # torch's convolution kernels avoid materializing the unfolded input where windows overlap; they then
 # run at about this fraction of the time a GEMM with the same FLOPs plus its gather would take.
 CONV_DISCOUNT = 0.5
-# GEMMs whose contracted dimension is small run far below peak (a 1x1 convolution from 16 channels:
-# measured 2x slower than torch's convolution kernel); below this size the arithmetic costs more.
-GEMM_FULL_SPEED_DEPTH = 32
 # a fixed price per kernel launch, in FLOP-equivalents, so that needless steps are avoided
 LAUNCH_COST = 2_000.0
 # A weight gradient with many groups of several channels each (the per-sample trick: groups = N·G)
@@ -58,7 +55,7 @@ class StepCost:
     flops: int
     moved: int
     size: int
-    factor: float = 1.0  # time per FLOP relative to a GEMM at full speed (see ``conv_factor``, ``gemm_factor``)
+    factor: float = 1.0  # time per FLOP relative to a GEMM (see ``conv_factor``)
 
     @property
     def time(self) -> float:
@@ -72,10 +69,6 @@ def conv_factor(overlapping: bool, slowdown: float = 1.0) -> float:
     """Time per FLOP of a torch convolution kernel: cheaper than unfold + GEMM only where windows overlap."""
     return (CONV_DISCOUNT if overlapping else 1.0) * slowdown
 
-
-def gemm_factor(depth: int) -> float:
-    """Time per FLOP of a GEMM contracting ``depth`` elements per output."""
-    return max(1.0, GEMM_FULL_SPEED_DEPTH / max(depth, 1))
 
 
 def grouped_weight_slowdown(groups: int, channels_per_group: int, positions: int) -> float:

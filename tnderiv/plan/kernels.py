@@ -19,7 +19,7 @@ from opt_einsum.helpers import flop_count
 
 from tnderiv.ir import Node, NodeKind, PaddingMode
 from tnderiv.plan.constants import constant_array
-from tnderiv.plan.cost import StepCost, gemm_factor
+from tnderiv.plan.cost import StepCost
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,7 @@ class EinsumKernel(Kernel):
         self._torch = backend == "torch" and symbols is not None
         flops = dense_flops(inputs, out_legs, sizes)
         moved = 0 if self.kind == "transpose" else sum(_size(t.legs, sizes) for t in inputs) + _size(out_legs, sizes)
-        factor = 1.0
-        if self.kind in ("GEMM", "batched GEMM"):
-            factor = gemm_factor(_size(list(set(inputs[0].legs) & set(inputs[1].legs) - set(out_legs)), sizes))
-        self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes), factor)
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes))
 
     def __call__(self, *arrays: Any) -> Any:
         if self._torch:
@@ -233,8 +230,7 @@ class MatmulKernel(Kernel):
         self.kind = "batched GEMM" if set(a.legs) & set(b.legs) & out else "GEMM"
         flops = dense_flops([a, b], self.out_legs, sizes)
         moved = _size(a.legs, sizes) + _size(b.legs, sizes) + _size(self.out_legs, sizes) + self.copied
-        depth = _size(list(set(a.legs) & set(b.legs) - out), sizes)
-        self.cost = StepCost(self.kind, flops, flops, moved, _size(self.out_legs, sizes), gemm_factor(depth))
+        self.cost = StepCost(self.kind, flops, flops, moved, _size(self.out_legs, sizes))
 
     def __call__(self, *arrays: Any) -> Any:
         import torch

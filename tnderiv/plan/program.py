@@ -15,7 +15,7 @@ from typing import Any
 from tnderiv.ir import Diagram, Node, NodeKind
 from tnderiv.plan.constants import device_cached
 from tnderiv.plan.conv import ConvKernel, match_conv
-from tnderiv.plan.cost import StepCost, conv_factor, gemm_factor, grouped_weight_slowdown
+from tnderiv.plan.cost import StepCost, conv_factor, grouped_weight_slowdown
 from tnderiv.plan.kernels import (
     EinsumKernel,
     Kernel,
@@ -120,11 +120,8 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
             return StepCost(kind, dense, 0, data_size + size, size)
     kind = einsum_kind([t.legs for t in inputs], out_legs)
     moved = 0 if kind == "transpose" else sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs) + size
-    if kind in ("GEMM", "batched GEMM") and len(inputs) == 2:
-        a, b = inputs
-        depth = math.prod(sizes[leg] for leg in set(a.legs) & set(b.legs) - out)
-        copied = matmul_copies(a, b, out, sizes) if backend == "torch" and matmul_applies(a, b, out) else 0
-        return StepCost(kind, dense, dense, moved + copied, size, gemm_factor(depth))
+    if kind in ("GEMM", "batched GEMM") and len(inputs) == 2 and backend == "torch" and matmul_applies(*inputs, out):
+        return StepCost(kind, dense, dense, moved + matmul_copies(inputs[0], inputs[1], out, sizes), size)
     return StepCost(kind, dense, dense, moved, size)
 
 
