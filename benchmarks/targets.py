@@ -154,10 +154,15 @@ TARGETS: tuple[Target, ...] = (
            "convolution-backward kernel."),
     Target("3.forward.einconv", 3, "forward faster than einconv on every layer", "any",
            every_layer_below("forward", "einconv"),
-           "einconv's simplified expressions are the same contractions; where tnderiv is slower its planner picked a "
-           "worse order or einconv's torch.einsum path fused better."),
+           "in the run at commit c35c88f the only miss was all-cnn-c/conv8, a 1×1 convolution on 3×3 positions "
+           "taking under 1 ms, where tnderiv's bias term and call dispatch weigh as much as the GEMM itself. Fix: "
+           "fold the bias into the GEMM's output (addmm) for dense-pattern forwards."),
     Target("3.vjp_x.einconv", 3, "input VJP faster than einconv on every layer", "any", every_layer_below("vjp_x", "einconv"),
-           "see the forward."),
+           "in the run at commit c35c88f tnderiv lowered every convolution's input VJP to torch's conv_transpose; "
+           "for 2c2d/conv1 (a single input channel, 'same' 5×5) that kernel took 5.7 ms where torch's own "
+           "convolution_backward took 1.4 ms and einconv 3.1 ms; r3d_18/stem and convnext downsample2 were within "
+           "10% (noise on this shared machine). Fix: lower input VJPs to aten.convolution_backward with "
+           "output_mask (True, False, False) — the kernel autograd uses."),
     Target("3.vjp_weight", 3, "weight VJP at least as fast as unfold + einsum (median)", "any",
            median_at_most("vjp_weight", "unfold", 1.0),
            "unfold materializes the im2col matrix once and runs one GEMM; tnderiv's schedule contracts the pattern "
@@ -170,14 +175,16 @@ TARGETS: tuple[Target, ...] = (
            median_at_most("per_sample_grad", "vmap", 1.0)),
     Target("7.kfac_reduce", 7, "KFAC-reduce input factor ≥ 2× faster than unfold (median, CPU) and never slower", "cpu",
            kfac_reduce_speedup,
-           "two causes. (1) On layers where both take well under a millisecond (1×1 convolutions, wav2vec2's conv0 "
-           "with one input channel) tnderiv's fixed cost per call — module → spec, diagram and plan look-ups by "
-           "canonical hash, tensor checks, about 0.2–0.4 ms on this machine (see the call-overhead table) — exceeds "
-           "the whole unfold computation. Fix: memoize the plan per (spec, shapes, dtype, device) so that a warm call "
-           "is one dictionary look-up. (2) Where the layer has few output positions and a long weight row (resnet18 "
-           "layer4.1.conv2: d_in = 4608, 9 positions) the Gram matrix 2·N·d_in² dominates both implementations and "
-           "the unfold step tnderiv avoids is a small fraction, so a 2× speed-up is unattainable there by "
-           "construction; the target is only meaningful where the unfolded input is large (positions ≫ d_in)."),
+           "three causes. (1) A regression between commits 265547d (median speed-up 2.00×, 8 layers slower) and "
+           "c35c88f (0.83×, 19 slower): the reduce plan now contracts Σ_o Π inside 'scatter' steps, e.g. "
+           "convnext_base stage1.dw 2.4 ms → 47 ms, resnext101 layer2.0.conv2 3.3 ms → 48 ms, wav2vec2 conv1 "
+           "9 ms → 155 ms, with unfold unchanged; restoring the folded constant Π̄ (contracted as a small dense "
+           "matrix per spatial dimension) fixes it. (2) On layers where both take well under a millisecond (1×1 "
+           "convolutions, wav2vec2 conv0 with one input channel) a fixed per-call cost exceeds the whole unfold "
+           "computation. (3) Where a layer has few output positions and a long weight row (resnet18 layer4.1.conv2: "
+           "d_in = 4608, 9 positions) the Gram matrix 2·N·d_in² dominates both implementations, so a 2× speed-up is "
+           "unattainable there by construction; the target is meaningful where the unfolded input is large "
+           "(positions ≫ d_in)."),
     Target("7.kfac_expand", 7, "KFAC-expand input factor at least as fast as unfold + matmul (median)", "any",
            median_at_most("kfac_A_expand", "unfold", 1.0),
            "expand's A is the Gram matrix of the unfolded input, and unfold (torch's im2col in C++) + one GEMM is the "
@@ -200,11 +207,11 @@ TARGETS: tuple[Target, ...] = (
 
 OVERHEAD_TARGETS = (
     ("3.warm", 3, "a warm call (plan cached) costs < 5% more than running the compiled expression directly", warm_overhead,
-     "the overhead is a fixed cost per call, not a proportion: a warm call still converts the module to a spec, "
-     "looks up the derived diagram and then the plan by canonical hash, and checks the tensors; on the many "
-     "sub-millisecond layers of the CPU suite that is more than 5%, while on calls over 5 ms it is within the "
-     "target. Fix: memoize the final plan under a cheap key (spec, shapes, dtype, device) so that a warm call "
-     "skips derivation and hashing entirely."),
+     "the overhead is a fixed cost per call, not a proportion, so the sub-millisecond layers of the CPU suite "
+     "dominate the median, while calls over 5 ms are within the target. It is measured with samples of ≥ 10 ms "
+     "interleaved on a machine shared with other jobs; a profile of a warm forward at commit c35c88f shows about "
+     "25 µs of API work (call-cache key, module parameters, reshape) on a 250 µs call. Fix: skip re-reading "
+     "module parameters and the key construction when the same tensors are passed again."),
     ("3.cold", 3, "a cold call plans in under 20 ms", cold_plan,
      "opt_einsum's exact dynamic programming and the constant-pattern construction run per new shape; caching "
      "pattern constants across plans and a greedy first plan would cut it."),
