@@ -335,6 +335,9 @@ One command re-runs everything on this machine's CPU and regenerates this page a
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python -m benchmarks run --device cpu
 
+(about 15 minutes with one thread on the shared 2-core machine these numbers come from; progress is
+printed per layer and quantity, and an interrupted run leaves `docs/benchmarks/cpu.partial.json`).
+
 On a GPU machine, `python -m benchmarks run --device cuda` adds `docs/benchmarks/cuda.json` and the page
 shows both. `python -m benchmarks report` rebuilds the page from the JSON files alone. Subsets:
 `--layers resnet18 depthwise`, `--quantities forward kfac_A_reduce`, `--impls tnderiv einconv`,
@@ -347,9 +350,11 @@ shows both. `python -m benchmarks report` rebuilds the page from the JSON files 
   disagrees is marked wrong (✗) and does not count towards any median or target. Factors are
   compared after converting each library's documented scaling to plain sums
   (`A = Σ a aᵀ`, `G = Σ g gᵀ`; reduce: sums over positions first).
-- Timings are float32, after warm-up, with the implementations interleaved round-robin; each sample
-  repeats a call until it lasts ≥ 10 ms; the median of the samples is reported. Thread count and
-  TF32 flags are pinned. tnderiv's calls are warm (plans cached), as in a training loop; its cold
+- Timings are float32, after warm-up (the first call, then a call under the memory profiler), with the
+  implementations interleaved round-robin; each sample repeats a call until it lasts ≥ 5 ms; the
+  median of 5 samples is reported (3 when a call's samples would exceed 1 s; a call slower than 4 s is
+  timed once; a call past 30 s is abandoned and reported as a timeout). Thread count and TF32 flags
+  are pinned. Correctness is checked at batch 2 (same spatial sizes) to keep the float64 oracles cheap. tnderiv's calls are warm (plans cached), as in a training loop; its cold
   planning cost is reported separately.
 - BackPACK and curvlinops work on a model and a backward pass, so their times include a forward and
   a backward of the layer (that is how they are used); einconv builds its expression per call (it has
