@@ -58,7 +58,7 @@ class Report:
         missing = ", ".join(k for k, v in m["versions"].items() if not v)
         batch = {c["describe"].split(" on [")[1].split(",")[0] for c in m["cases"] if c.get("describe") and "probe" not in c["id"]}
         lines = [
-            f"- **{self.device.upper()}** `{self.path.name}`: {m['device_name']}; {s['threads']} torch threads; "
+            f"- **{self.device.upper()}** `{self.path.name}`: {m['device_name']}; {s['threads']} torch thread(s); "
             f"TF32 {'on' if s['tf32'] else 'off'}; float32; batch {', '.join(sorted(batch))}; "
             f"{s['repeat']} samples (median) after {s['warmup']} warm-up calls, implementations interleaved.",
             f"- Run {m['date']} at commit `{(m.get('git_commit') or '?')[:10]}`: `{m['command']}`.",
