@@ -332,7 +332,7 @@ BERT-base dense layers with a sequence axis (CPU: `[8, 128, ·]`; GPU: `[32, 512
 One command re-runs everything on this machine's CPU and regenerates this page and its plots
 (peers are the optional `bench` extra; missing peers are skipped with a note):
 
-    .venv/bin/pip install -e ".[bench]"
+    .venv/bin/pip install -e ".[bench]" -c benchmarks/constraints.txt
     .venv/bin/python -m benchmarks run --device cpu
 
 (about 15 minutes with one thread on the shared 2-core machine these numbers come from; progress is
