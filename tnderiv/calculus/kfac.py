@@ -284,7 +284,7 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     order = tuple(leg for axis in axes for leg in axis)
     groups = tuple(len(axis) for axis in axes)
     h1 = h1.replace(open_legs=order, open_groups=groups)
-    half = _structural(h1)
+    half = _derived(h1)  # Σ_o Π folds into the small constant Π̄ here: the input is never unfolded
     evaluated = Diagram((operand(half_name, *axes),), h1.open_legs, h1.sizes, open_groups=groups)
     copy_name = ""
     if same:
@@ -296,6 +296,13 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
         other = h2
     gram = _structural(_gram(evaluated, other, split, factor))
     return Factor(whole, glued, source, half, gram, half_name=half_name, half_axes=axes, copy_name=copy_name, scale=scale)
+
+
+def _derived(diagram: Diagram) -> Diagram:
+    """All derive-stage rules (they keep the open legs, which the runner relies on)."""
+    result = _simplify(diagram)
+    assert isinstance(result, Diagram) and result.open_legs == diagram.open_legs
+    return result
 
 
 def _structural(diagram: Diagram) -> Diagram:
