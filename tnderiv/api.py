@@ -74,11 +74,13 @@ class _Call:
 CALL_CACHE: LRUCache[_Call] = LRUCache(maxsize=1024)
 
 
-def _call_key(spec: Any, quantity: str, given: Mapping[str, Any], output_shape: Any, optimize: Any) -> Hashable | None:
+def _call_key(
+    spec: Any, quantity: str, given: Mapping[str, Any], output_shape: Any, optimize: Any, options: tuple[bool, Any]
+) -> Hashable | None:
     """A cheap key for a warm call, or None for anything unusual (the slow path then raises properly)."""
     try:
         tensors = tuple((k, type(v), tuple(v.shape), v.dtype, v.device) for k, v in given.items())
-        key = (spec, quantity, tensors, None if output_shape is None else tuple(output_shape), cache_key(optimize))
+        key = (spec, quantity, tensors, None if output_shape is None else tuple(output_shape), cache_key(optimize), options)
         hash(key)
     except (AttributeError, TypeError):
         return None
@@ -92,16 +94,22 @@ def run_quantity(
     *,
     output_shape: Sequence[int] | None = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
 ) -> Any:
     """Evaluate ``quantity`` of ``layer`` with the given tensors (by operand name).
+
+    ``simplify=False`` runs the diagram as derived (no rewrite rules, for comparison);
+    ``memory_limit`` (bytes) splits the contraction so that no intermediate exceeds it.
 
     The first call with given shapes, dtypes and devices checks everything and plans; later calls
     look the plan up under (spec, quantity, shapes, dtypes, devices, optimizer) and run it.
     """
     spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
     given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
-    key = _call_key(spec, quantity, given, output_shape, optimize)
-    build = lambda: _build_call(layer, spec, quantity, tensors, given, output_shape, optimize)  # noqa: E731
+    options = (bool(simplify), memory_limit)
+    key = _call_key(spec, quantity, given, output_shape, optimize, options)
+    build = lambda: _build_call(layer, spec, quantity, tensors, given, output_shape, optimize, options)  # noqa: E731
     call = build() if key is None else CALL_CACHE.get_or_build(key, build)
     return call(given)
 
@@ -114,6 +122,7 @@ def _build_call(
     given: dict[str, Any],
     output_shape: Sequence[int] | None,
     optimize: Any,
+    options: tuple[bool, Any],
 ) -> _Call:
     """Check the tensors, derive the quantity's diagram and plan it (the cold path)."""
     like = check_tensors(given)
@@ -142,7 +151,8 @@ def _build_call(
                 f"the shape {tuple(output_shape)} given for {wrt} (x_shape= or {wrt}=) has {len(output_shape)} axes; "
                 f"expected {len(axes)} axes {expected}"
             )
-    expr = derive(network, quantity)
+    simplify, memory_limit = options
+    expr = derive(network, quantity, simplify)
     needed = expr.operand_names
     prepare = None
     if network.prepare is not None and any(name in network.derived for name in needed):
@@ -159,7 +169,8 @@ def _build_call(
     plan_shapes = {name: shapes[name] for name in needed}
     if output_shape is not None:
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
-    return _Call(tuple(needed), get_plan(expr, plan_shapes, like, optimize, network.check_sizes), prepare)
+    plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
+    return _Call(tuple(needed), plan, prepare)
 
 
 def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ...] | None:
@@ -170,17 +181,30 @@ def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ..
         return None
 
 
-def evaluate(layer: Any, quantity: str, *, optimize: Any = "auto", **operands: Any) -> Any:
+def evaluate(
+    layer: Any, quantity: str, *, optimize: Any = "auto", simplify: bool = True, memory_limit: int | None = None, **operands: Any
+) -> Any:
     """Any quantity by name with operands by name, e.g. ``evaluate(layer, "vjp_x1", grad_out=g, x2=b, weight=w)``."""
-    return run_quantity(layer, quantity, operands, optimize=optimize)
+    return run_quantity(layer, quantity, operands, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
 
 
-def forward(layer: Any, x: Any, weight: Any = None, bias: Any = None, *, optimize: Any = "auto", **operands: Any) -> Any:
+def forward(
+    layer: Any,
+    x: Any,
+    weight: Any = None,
+    bias: Any = None,
+    *,
+    optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
+    **operands: Any,
+) -> Any:
     """The layer's output ``[N, C_out, *O]`` (``[N, *S, out_features]`` for dense layers).
 
     Other operands go by name in ``operands`` (``running_mean=``, ``running_var=`` of normalization layers).
     """
-    return run_quantity(layer, "forward", {"x": x, "weight": weight, "bias": bias, **operands}, optimize=optimize)
+    tensors = {"x": x, "weight": weight, "bias": bias, **operands}
+    return run_quantity(layer, "forward", tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
 
 
 def vjp(
@@ -193,6 +217,8 @@ def vjp(
     bias: Any = None,
     x_shape: Sequence[int] | None = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
     **operands: Any,
 ) -> Any:
     """``grad_out`` (shaped like the output) pulled back to operand ``wrt``; the result is shaped like ``wrt``.
@@ -207,7 +233,9 @@ def vjp(
         out_shape = tuple(tensors[wrt].shape)
     # wrt's own value stays: only what the derived diagram uses is read (a linearization, or an operand
     # that occurs twice, needs the point the derivative is taken at)
-    return run_quantity(layer, f"vjp_{wrt}", tensors, output_shape=out_shape, optimize=optimize)
+    return run_quantity(
+        layer, f"vjp_{wrt}", tensors, output_shape=out_shape, optimize=optimize, simplify=simplify, memory_limit=memory_limit
+    )
 
 
 def jvp(
@@ -219,12 +247,14 @@ def jvp(
     weight: Any = None,
     bias: Any = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
     **operands: Any,
 ) -> Any:
     """The output's change when operand ``wrt`` moves along ``tangent`` (shaped like ``wrt``): the output's shape."""
     tensors = {"tangent": tangent, "x": x, "weight": weight, "bias": bias, **operands}
     _check_wrt_name(wrt)
-    return run_quantity(layer, f"jvp_{wrt}", tensors, optimize=optimize)
+    return run_quantity(layer, f"jvp_{wrt}", tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
 
 
 def _output_shape(network: LayerNetwork, tensors: dict[str, Any]) -> tuple[int, ...] | None:
@@ -250,6 +280,8 @@ def per_sample_grad(
     *,
     params: Sequence[str] | None = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
     **operands: Any,
 ) -> dict[str, Any]:
     """Each sample's gradient of every parameter: ``{"weight": [N, *weight.shape], "bias": [N, *bias.shape]}``."""
@@ -259,7 +291,12 @@ def per_sample_grad(
     for name in names:
         if name not in network.params:
             raise ValueError(f"unknown parameter {name!r}; this layer has {list(network.params)}")
-    return {name: run_quantity(layer, f"per_sample_grad_{name}", tensors, optimize=optimize) for name in names}
+    return {
+        name: run_quantity(
+            layer, f"per_sample_grad_{name}", tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit
+        )
+        for name in names
+    }
 
 
 def diagram(layer: Any, quantity: str, *, simplify: bool = True, shapes: Mapping[str, Sequence[int]] | None = None) -> Expression:
@@ -274,12 +311,15 @@ def plan(
     *,
     quantity: str | None = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
     dtype: Any = None,
     device: Any = "cpu",
 ) -> Plan:
     """The compiled, inspectable plan of a diagram (or of ``quantity`` of a layer) for operand ``shapes``.
 
-    ``str(plan)`` lists the steps with leg names, FLOPs and sizes; ``plan(**operands)`` runs it.
+    ``str(plan)`` lists the steps with leg names, kernels, FLOPs and sizes; ``plan(**operands)`` runs it.
+    ``simplify=False`` plans the diagram as derived; ``memory_limit`` (bytes) bounds every intermediate.
     """
     import torch
 
@@ -294,10 +334,10 @@ def plan(
             raise ValueError("plan(layer, shapes) needs quantity=, e.g. quantity='vjp_weight'")
         network = _network(target, shapes)
         parse_quantity(quantity, network)
-        expr = derive(network, quantity)
+        expr = derive(network, quantity, simplify)
         check = network.check_sizes
     like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
-    return get_plan(expr, shapes, like, optimize, check)
+    return get_plan(expr, shapes, like, optimize, check, simplify=simplify, memory_limit=memory_limit)
 
 
 def _check_wrt_name(wrt: Any) -> None:
