@@ -199,16 +199,8 @@ def _choose(
 
 
 def plan_cost(plan: Plan) -> float:
-    """What the planner ranks contraction orders by: its structure-aware time score (FLOPs plus data
-    moved), summed over the plan's steps; plain FLOPs where the planner reports no data movement."""
-    try:
-        from tnderiv.plan.cost import StepCost, total_time
-    except ImportError:  # pragma: no cover - planners without the structure-aware model
-        return float(plan.flops)
-    steps = plan.steps()
-    if not all(hasattr(step, "moved") for step in steps):  # pragma: no cover
-        return float(plan.flops)
-    return total_time([StepCost(step.kind, step.flops_dense, step.flops, step.moved, step.size) for step in steps])
+    """What the planner ranks contraction orders by: its structure-aware score (FLOPs plus data moved)."""
+    return float(plan.score)
 
 
 @lru_cache(maxsize=256)
