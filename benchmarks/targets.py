@@ -175,16 +175,14 @@ TARGETS: tuple[Target, ...] = (
            median_at_most("per_sample_grad", "vmap", 1.0)),
     Target("7.kfac_reduce", 7, "KFAC-reduce input factor ≥ 2× faster than unfold (median, CPU) and never slower", "cpu",
            kfac_reduce_speedup,
-           "three causes. (1) A regression between commits 265547d (median speed-up 2.00×, 8 layers slower) and "
-           "c35c88f (0.83×, 19 slower): the reduce plan now contracts Σ_o Π inside 'scatter' steps, e.g. "
-           "convnext_base stage1.dw 2.4 ms → 47 ms, resnext101 layer2.0.conv2 3.3 ms → 48 ms, wav2vec2 conv1 "
-           "9 ms → 155 ms, with unfold unchanged; restoring the folded constant Π̄ (contracted as a small dense "
-           "matrix per spatial dimension) fixes it. (2) On layers where both take well under a millisecond (1×1 "
-           "convolutions, wav2vec2 conv0 with one input channel) a fixed per-call cost exceeds the whole unfold "
-           "computation. (3) Where a layer has few output positions and a long weight row (resnet18 layer4.1.conv2: "
-           "d_in = 4608, 9 positions) the Gram matrix 2·N·d_in² dominates both implementations, so a 2× speed-up is "
-           "unattainable there by construction; the target is meaningful where the unfolded input is large "
-           "(positions ≫ d_in)."),
+           "two causes. (1) On layers where both take well under a millisecond (1×1 convolutions, wav2vec2 conv0 "
+           "with one input channel) tnderiv's fixed cost per call (two plans: the reduced half, then its Gram) "
+           "exceeds the whole unfold computation. (2) Where a layer has few output positions and a long weight row "
+           "(resnet18 layer4.1.conv2: d_in = 4608, 9 positions) the Gram matrix 2·N·d_in² dominates both "
+           "implementations, so a 2× speed-up is unattainable there by construction; the target is meaningful where "
+           "the unfolded input is large (positions ≫ d_in). (An intermediate commit, c35c88f, contracted Σ_o Π in "
+           "'scatter' steps, 10–20× slower on depthwise layers; fixed in 562a596 by folding Σ_o Π into the small "
+           "dense constant Π̄ before the half is planned.) Fix for (1): one fused plan for half and Gram."),
     Target("7.kfac_expand", 7, "KFAC-expand input factor at least as fast as unfold + matmul (median)", "any",
            median_at_most("kfac_A_expand", "unfold", 1.0),
            "expand's A is the Gram matrix of the unfolded input, and unfold (torch's im2col in C++) + one GEMM is the "
@@ -193,7 +191,7 @@ TARGETS: tuple[Target, ...] = (
            "kernel-expanded copy of the input: e.g. 3.6 M then 5.4 M elements for mobilenet_v2 features.2.dw) where "
            "im2col makes one pass; on depthwise layers (d_in = 9 per group) the gathers are the whole cost, hence "
            "≈ 2×. Fix: fuse consecutive pattern gathers of one operand into a single gather (or call im2col when all "
-           "its pattern legs are gathered), plus the warm-call memoization for the small layers."),
+           "its pattern legs are gathered)."),
     Target("7.kfac.einconv", 7, "KFAC-expand and -reduce input factors faster than einconv (median)", "any",
            lambda recs: _both(recs),
            "see KFAC-expand/reduce."),
