@@ -26,7 +26,7 @@ from benchmarks import unfold as unfold_ref
 from tnderiv.calculus import derive
 from tnderiv.layers import spec_of
 from tnderiv.plan.bind import OUTPUT
-from tnderiv.plan.compiled import PLAN_CACHE, Plan
+from tnderiv.plan.compiled import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8
@@ -330,7 +330,7 @@ def main() -> None:
         name = f"{layer['net']}/{layer['name']}"
         if args.only and args.only not in name:
             continue
-        PLAN_CACHE.clear()
+        tnderiv.clear_caches()
         start = time.perf_counter()
         rows.append(bench_layer(layer, args.repeat))
         r = rows[-1]

@@ -228,7 +228,7 @@ class Runner:
         }
 
     def measure_overhead(self, case: Case, problem: Problem) -> None:
-        """Warm API call vs the plan's compiled terms run directly; cold call after clearing the plan cache."""
+        """Warm API call vs the plan's compiled terms run directly; cold call after clearing every plan cache."""
         import tnderiv
 
         for quantity in tnderiv_impls.PLANNED:
@@ -244,7 +244,7 @@ class Runner:
                                      device=self.s.device, min_sample_s=max(self.s.min_sample_s, 0.01), budget_s=self.s.budget_s)
                 entry.update(api_s=t["api"].median, direct_s=t["direct"].median,
                              overhead=t["api"].median / t["direct"].median - 1)
-                tnderiv.PLAN_CACHE.clear()
+                tnderiv.clear_caches()
                 start = time.perf_counter()
                 api()
                 cold = time.perf_counter() - start

@@ -12,7 +12,7 @@ from tnderiv.layers.base import LayerNetwork, spec_of
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
 from tnderiv.plan.cache import LRUCache
-from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.compiled import PLAN_CACHE, Plan, get_plan
 from tnderiv.plan.optimizers import cache_key
 
 PARAMS = ("weight", "bias")
@@ -72,6 +72,15 @@ class _Call:
 
 
 CALL_CACHE: LRUCache[_Call] = LRUCache(maxsize=1024)
+
+
+def clear_caches() -> None:
+    """Forget every compiled plan (the next call of each quantity and shape plans again)."""
+    from tnderiv.api_kfac import clear_kfac_cache
+
+    CALL_CACHE.clear()
+    PLAN_CACHE.clear()
+    clear_kfac_cache()
 
 
 def _call_key(

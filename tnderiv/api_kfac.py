@@ -74,6 +74,11 @@ def _two_stage(half: Diagram) -> bool:
 _PREPARED: LRUCache[tuple[Any, ...]] = LRUCache(maxsize=256)
 
 
+def clear_kfac_cache() -> None:
+    """Forget the prepared KFAC factors (bound sizes and plans)."""
+    _PREPARED.clear()
+
+
 def _key(factor: Any, tensors: Mapping[str, Any], like: Any, optimize: Any, *flags: Any) -> tuple[Any, ...]:
     backend = backend_of(like)
     shapes = tuple((name, tuple(t.shape)) for name, t in tensors.items())

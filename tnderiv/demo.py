@@ -79,7 +79,7 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
         print_fn(f"[{index}] {spec}")
         print_fn("    " + "  ".join(f"{name}: err {err:.1e}" for name, err in got.items()))
         cold_start = time.perf_counter()
-        tnderiv.PLAN_CACHE.clear()
+        tnderiv.clear_caches()
         tnderiv.per_sample_grad(layer, x_in, g_out)
         cold = 1e3 * (time.perf_counter() - cold_start)
         warm = _time_ms(lambda layer=layer, x_in=x_in, g_out=g_out: tnderiv.per_sample_grad(layer, x_in, g_out))

@@ -180,3 +180,14 @@ def test_unknown_optimizer_lists_valid_names() -> None:
         assert repr(name) in str(info.value)
     with pytest.raises(TypeError, match="optimize"):
         tnderiv.forward(SPEC, x, w, optimize=3.5)
+
+
+def test_clear_caches_forgets_every_plan(count_planning: list[int]) -> None:
+    x, w, g = conv_inputs(size=19)
+    tnderiv.vjp(SPEC, "weight", g, x=x)
+    planned = count_planning[0]
+    tnderiv.clear_caches()
+    assert len(tnderiv.PLAN_CACHE) == 0 and len(api.CALL_CACHE) == 0
+    result = tnderiv.vjp(SPEC, "weight", g, x=x)
+    assert count_planning[0] > planned, "a call after clear_caches() must plan again"
+    torch.testing.assert_close(result, torch_weight_grad(x, w, g), rtol=1e-10, atol=1e-10)
