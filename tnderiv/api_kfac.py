@@ -218,7 +218,8 @@ class KroneckerBlock:
     def dense(self) -> Any:
         """``[G, d_out·d_in, d_out·d_in]``."""
         g, a, b = self.left.shape[0], self.left.shape[-1], self.right.shape[-1]
-        kron = torch.einsum("gij,gkl->gikjl", self.left, self.right).reshape(g, a * b, a * b)
+        # per-group Kronecker product left[g] ⊗ right[g] (operator algebra, not a layer quantity)
+        kron = (self.left[:, :, None, :, None] * self.right[:, None, :, None, :]).reshape(g, a * b, a * b)
         if self.weights is None:
             return kron
         return kron @ (self.weights.reshape(g, -1, 1) * kron.transpose(-1, -2))
