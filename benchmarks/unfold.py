@@ -115,21 +115,20 @@ def per_sample_grad(module: torch.nn.Module, x: Tensor, grad_out: Tensor) -> Ten
 
 def kfac_input(module: torch.nn.Module, x: Tensor, approx: str) -> Tensor:
     """``A[g, d_in, d_in]``: expand ``Σ_{n,l} a aᵀ``; reduce ``Σ_n (Σ_l a)(Σ_l a)ᵀ`` (sums, no scaling)."""
-    a = unfold_input(module, x)
-    if approx == "reduce":
-        s = a.sum(-1)
-        return torch.einsum("ngd,nge->gde", s, s)
-    flat = a.permute(1, 2, 0, 3).reshape(a.shape[1], a.shape[2], -1)
-    return flat @ flat.transpose(1, 2)
+    return _kfac_gram(unfold_input(module, x), approx)
 
 
 def kfac_output(module: torch.nn.Module, grad_out: Tensor, approx: str) -> Tensor:
     """``G[g, d_out, d_out]``: expand ``Σ_{n,l} g gᵀ``; reduce ``Σ_n (Σ_l g)(Σ_l g)ᵀ`` (sums, no scaling)."""
-    g = grouped_grad_out(module, grad_out)
+    return _kfac_gram(grouped_grad_out(module, grad_out), approx)
+
+
+def _kfac_gram(t: Tensor, approx: str) -> Tensor:
+    """``[G, d, d]`` from ``t[n, g, d, l]``: expand ``Σ_{n,l} t tᵀ``; reduce ``Σ_n (Σ_l t)(Σ_l t)ᵀ``."""
     if approx == "reduce":
-        s = g.sum(-1)
+        s = t.sum(-1)
         return torch.einsum("ngd,nge->gde", s, s)
-    flat = g.permute(1, 2, 0, 3).reshape(g.shape[1], g.shape[2], -1)
+    flat = t.permute(1, 2, 0, 3).reshape(t.shape[1], t.shape[2], -1)
     return flat @ flat.transpose(1, 2)
 
 
