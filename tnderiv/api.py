@@ -20,13 +20,16 @@ BUFFERS = ("running_mean", "running_var")  # statistics of normalization modules
 
 
 def _module_params(layer: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-    """Fill missing ``weight``/``bias`` (and running statistics) from a torch module's own tensors, detached."""
+    """Fill missing ``weight``/``bias`` (and running statistics) from a torch module's own tensors.
+
+    Parameters are not detached: results are differentiable w.r.t. them, like ``module(x)`` is.
+    """
     # the module's registries, not getattr: only registered tensors count (nn.LSTM.bias is a bool flag)
     for registry, names in ((getattr(layer, "_parameters", None), PARAMS), (getattr(layer, "_buffers", None), BUFFERS)):
         if registry:
             for name in names:
                 if tensors.get(name) is None and registry.get(name) is not None:
-                    tensors[name] = registry[name].detach()
+                    tensors[name] = registry[name]
     return tensors
 
 

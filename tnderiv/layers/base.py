@@ -80,27 +80,60 @@ def register_module(*module_types: type) -> Callable[[Callable[[Any], Layer]], C
 def spec_of(layer: Any) -> Layer:
     """The spec of a spec or of a supported ``torch.nn`` module; raises naming unsupported types.
 
-    A module's spec is remembered per module (and its train/eval mode): hyperparameters of torch
-    modules are fixed at construction.
+    A module's spec is remembered per module together with a snapshot of its settings (its public
+    attributes: ``stride``, ``padding``, ``padding_mode``, ``groups``, ``eps``, ``training``, ... and
+    which parameters and buffers are set): a module changed after its first use gets a new spec.
     """
     if not _is_module(layer):
         if callable(getattr(layer, "network", None)):
             return layer
     else:
         cached = _MODULE_SPECS.get(layer)
-        if cached is not None and cached[0] == layer.training:
-            return cached[1]
+        if cached is not None and cached.matches(layer):
+            return cached.spec
     for module_type in type(layer).__mro__:
         if module_type in _FROM_MODULE:
             spec = _FROM_MODULE[module_type](layer)
             if _is_module(layer):
-                _MODULE_SPECS[layer] = (layer.training, spec)
+                _MODULE_SPECS[layer] = _Remembered.of(layer, spec)
             return spec
     supported = ", ".join(sorted(t.__name__ for t in _FROM_MODULE))
     raise TypeError(f"unsupported layer of type {type(layer).__name__}; supported modules: {supported}, or a tnderiv spec")
 
 
-_MODULE_SPECS: weakref.WeakKeyDictionary[Any, tuple[bool, Layer]] = weakref.WeakKeyDictionary()
+# values of public module attributes that a converter may read (tensors and submodules are not settings)
+_SETTING_TYPES = frozenset({int, float, bool, str, tuple, list, type(None)})
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    """A module's spec and the snapshot of the settings it was read from.
+
+    The snapshot holds the public plain attributes (hyperparameters, ``training``), the identity of
+    each parameter and buffer (``bias=None`` changes it), and the number of attributes (one added later counts).
+    """
+
+    spec: Layer
+    names: tuple[str, ...]
+    values: list[Any]
+    length: int
+
+    @staticmethod
+    def of(module: Any, spec: Layer) -> _Remembered:
+        state = module.__dict__
+        names = tuple(k for k, v in state.items() if k[0] != "_" and type(v) in _SETTING_TYPES)
+        return _Remembered(spec, names, _settings(module, names), len(state))
+
+    def matches(self, module: Any) -> bool:
+        return len(module.__dict__) == self.length and _settings(module, self.names) == self.values
+
+
+def _settings(module: Any, names: tuple[str, ...]) -> list[Any]:
+    # parameters and buffers by identity: setting one to None (or back) always changes it; tensors never compare by value
+    return [*map(module.__dict__.get, names), *map(id, module._parameters.values()), *map(id, module._buffers.values())]
+
+
+_MODULE_SPECS: weakref.WeakKeyDictionary[Any, _Remembered] = weakref.WeakKeyDictionary()
 
 
 def _is_module(obj: Any) -> bool:
