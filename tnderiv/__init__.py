@@ -6,6 +6,7 @@ from tnderiv.api_kfac import KFAC, kfac, kfac_factors_input, kfac_factors_output
 from tnderiv.calculus import QUANTITIES
 from tnderiv.ir import Diagram, DiagramSum
 from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNorm, LayerNorm, Linear, RMSNorm
+from tnderiv.model.memsave import memsave, required_operands
 from tnderiv.plan import PLAN_CACHE, Plan
 from tnderiv.simplify import simplify
 
@@ -39,8 +40,10 @@ __all__ = [
     "kfac_factors_input",
     "kfac_factors_output",
     "loss_hessian_sqrt",
+    "memsave",
     "per_sample_grad",
     "plan",
+    "required_operands",
     "simplify",
     "vjp",
 ]
