@@ -1,0 +1,191 @@
+"""``tnderiv.Curvature``: every quantity for every layer of a torch model from one forward and one backward.
+
+Forward hooks record each layer's input; one backward gives the loss, the gradients and every layer's
+output gradient; the loss-Hessian square root at the model's output is pulled back to every layer in one
+batched backward. Modules between the layers are carried by autograd. Per layer, the quantities are the
+derived diagrams of the layer engine; modules without a spec fall back to ``torch.func`` (see ``report()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tnderiv.calculus.kfac import Approx, BiasMode, parse_loss_average
+from tnderiv.model.batch import BatchValues, Options, compute_batch
+from tnderiv.model.columns import Pass, run_model
+from tnderiv.model.loss import FISHERS, ModelLoss
+from tnderiv.model.quantities import GGN, HESSIAN_DIAGONALS, SAMPLE_WISE, needs_columns, parse_quantities
+from tnderiv.model.record import Recorder
+from tnderiv.model.result import CurvatureResult
+from tnderiv.model.units import ParamSelector, owners, select
+
+
+class Curvature:
+    """Curvature and gradient statistics of ``model`` under ``loss_fn`` (``CrossEntropyLoss``, ``MSELoss``,
+    ``BCEWithLogitsLoss``; reduction ``mean`` or ``sum``).
+
+    ``fisher``: ``"type-2"`` (exact loss-Hessian square root), ``"mc"`` (``mc_samples`` sampled columns from
+    ``generator``), ``"empirical"`` (the gradients), or, for KFAC only, ``"forward-only"`` (``G = I``).
+    ``approx``, ``loss_average`` and ``kfac_bias`` mean what ``approx``, ``loss_average`` and ``bias`` mean
+    for ``tnderiv.kfac``. ``params`` selects parameters (names, modules or a predicate ``(name, p) → bool``;
+    default: all trainable). ``memory_limit`` (bytes) chunks the pulled-back columns. A module without a KFAC
+    (fallback, tied or repeated parameters) gets its exact GGN block, or its diagonal when it has more than
+    ``max_block`` parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        *,
+        fisher: str = "type-2",
+        approx: str = "expand",
+        loss_average: str | None = "batch",
+        kfac_bias: str = "separate",
+        mc_samples: int = 1,
+        generator: torch.Generator | None = None,
+        params: ParamSelector = None,
+        memory_limit: int | None = None,
+        max_block: int = 4096,
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.loss = ModelLoss.from_module(loss_fn)
+        if fisher not in FISHERS:
+            raise ValueError(f"fisher={fisher!r} is not supported; expected one of {list(FISHERS)}")
+        if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or mc_samples < 1:
+            raise ValueError(f"mc_samples={mc_samples!r}: expected an int ≥ 1")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit < 1):
+            raise ValueError(f"memory_limit={memory_limit!r}: expected a number of bytes ≥ 1, or None")
+        if not isinstance(max_block, int) or max_block < 1:
+            raise ValueError(f"max_block={max_block!r}: expected an int ≥ 1")
+        self.options = Options(
+            fisher,
+            Approx.parse(approx).value,
+            parse_loss_average(loss_average),
+            BiasMode.parse(kfac_bias).value,
+            mc_samples,
+            generator,
+            memory_limit,
+            max_block,
+        )
+        self.selection = select(model, params)
+        self.process_group = process_group
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"Curvature({type(self.model).__name__}, loss={self.loss.name}/{self.loss.reduction}, fisher={o.fisher!r}, "
+            f"approx={o.approx!r}, params={len(self.selection.params)})"
+        )
+
+    # ----- one batch -----------------------------------------------------------------------------
+    def compute(self, x: Any, y: torch.Tensor, quantities: str | Sequence[str] = ("grad",), *, set_grad: bool = True) -> CurvatureResult:
+        """The requested quantities on the batch ``(x, y)`` (``x`` a tensor, a tuple ``model(*x)`` or a dict
+        ``model(**x)``; the batch size is ``y.shape[0]``). ``set_grad``: fill ``.grad`` as ``loss.backward()`` would."""
+        names = self._check(quantities, set_grad)
+        run, values = self._run(x, y, names)
+        result = self._result(run, values, names)
+        if set_grad:
+            _accumulate_grads(self.model, run.param_grads)
+        return result
+
+    def _check(self, quantities: Any, set_grad: Any) -> tuple[str, ...]:
+        names = parse_quantities(quantities)
+        if not isinstance(set_grad, bool):
+            raise TypeError(f"set_grad={set_grad!r}: expected a bool")
+        fisher = self.options.fisher
+        if fisher == "forward-only" and any(q in GGN for q in names):
+            raise ValueError("fisher='forward-only' (G = I) is defined for 'kfac' only; use 'type-2', 'mc' or 'empirical' for GGN quantities")
+        coupled = [(n, m) for n, m in self.model.named_modules() if _couples_samples(m)]
+        if coupled:
+            name, module = coupled[0]
+            sample_wise = [q for q in names if q in SAMPLE_WISE]
+            if sample_wise or needs_columns(names, fisher):
+                what = sample_wise or [q for q in names if q in GGN or q == "kfac"]
+                raise ValueError(
+                    f"{what} are not defined for this model: module {name} ({type(module).__name__}) is in train mode and "
+                    "couples the samples of a batch; put it in eval mode, or ask for batch-level quantities "
+                    "('grad', 'kfac' with fisher='empirical' or 'forward-only')"
+                )
+        return names
+
+    def _run(self, x: Any, y: torch.Tensor, names: Sequence[str]) -> tuple[Pass, BatchValues]:
+        sel = self.selection
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        recorder = Recorder(sel.record)
+        run = run_model(self.model, self.loss, recorder, x, y, trainable)
+        for uses in run.uses.values():
+            for use in uses:
+                use.check_unchanged()
+        called = {name for name, uses in run.uses.items() if uses}
+        found, self._unused = owners(sel, called)
+        sqrt = None
+        if needs_columns(names, self.options.fisher):
+            o = self.options
+            sqrt = self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+        with torch.no_grad(), _no_autocast(run.output):
+            values = compute_batch(run, found, names, sqrt, self.options) if _layer_quantities(names) else BatchValues({}, {}, None, [])
+        return run, values
+
+    def _result(self, run: Pass, values: BatchValues, names: Sequence[str]) -> CurvatureResult:
+        per_param = {c: dict(v) for c, v in values.values.items()}
+        grads = {c: run.param_grads.get(c) for c in self.selection.params}
+        if "grad" in names:
+            for c, g in grads.items():
+                per_param.setdefault(c, {})["grad"] = torch.zeros_like(self.selection.params[c]) if g is None else g
+        notes = [f"{c} is not used in the forward: its quantities are zero or absent" for c in self._unused]
+        return CurvatureResult(
+            run.loss, names, per_param, values.curvature, grads, values.gram, values.rows, run.n, notes,
+            divisor=run.divisor, positions=values.positions,
+        )
+
+    # ----- several batches ---------------------------------------------------------------------------
+    def compute_over(
+        self, batches: Iterable[tuple[Any, torch.Tensor]], quantities: str | Sequence[str] = ("grad",), *, set_grad: bool = True
+    ) -> CurvatureResult:
+        """The quantities over all ``(x, y)`` in ``batches``, as if computed on their concatenation (and, with
+        ``torch.distributed`` initialized or ``process_group`` given, on the concatenation over all ranks)."""
+        from tnderiv.model.accumulate import compute_over
+
+        return compute_over(self, batches, quantities, set_grad=set_grad)
+
+
+def _layer_quantities(names: Sequence[str]) -> bool:
+    return any(q != "grad" and q not in HESSIAN_DIAGONALS for q in names)
+
+
+def _couples_samples(module: nn.Module) -> bool:
+    """Batch norm in train mode (or without running statistics) normalizes with statistics of the whole batch."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return isinstance(module, _BatchNorm) and (module.training or not module.track_running_stats)
+
+
+def _no_autocast(like: torch.Tensor) -> Any:
+    """Layer quantities run outside autocast, in at least float32."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def _accumulate_grads(model: nn.Module, grads: dict[str, torch.Tensor | None]) -> None:
+    """``.grad`` as ``loss.backward()`` leaves it: accumulated into what was there."""
+    params = dict(model.named_parameters())
+    for name, g in grads.items():
+        if g is None:
+            continue
+        p = params[name]
+        if p.grad is None:
+            p.grad = g.detach().clone()
+        else:
+            p.grad.add_(g.detach())
+
+
+__all__ = ["Curvature"]
