@@ -104,7 +104,7 @@ def compute_over(curv: Any, batches: Iterable[tuple[Any, torch.Tensor]], quantit
         for key, parts in per.items():
             values.setdefault(key, {})[q] = torch.cat(parts) / d ** _SCALE[q][0]
     if "variance" in names:
-        for key, per in values.items():
+        for per in values.values():
             s1, s2 = per["grad"], per["sum_grad_squared"]
             per["variance"] = s2 / n - (s1 / n) ** 2
     for key in list(values):

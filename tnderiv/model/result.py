@@ -109,10 +109,13 @@ class CurvatureResult(Mapping[str, Mapping[str, Any]]):
         for row in self.rows:
             module = row.module or "(model)"
             lines.append(f"  {module} [{row.type}] {row.path}, {row.seconds * 1e3:.2f} ms")
-            listed = split_name(row.params[0])[0] if row.params else row.module
-            entry = self._modules.get(listed, {})
-            for q, value in entry.items():
-                lines.append(f"      {q}: {_describe(value)}")
+            per_param = self._per_param()
+            for canonical in row.params:
+                shapes = ", ".join(f"{q} {_shape(v)}" for q, v in per_param.get(canonical, {}).items())
+                lines.append(f"      {canonical}: {shapes}")
+            curv = self._modules.get(row.module, {}).get("kfac")
+            if curv is not None:
+                lines.append(f"      kfac: {_describe(curv)}")
             for stat, strategy in row.strategies.items():
                 lines.append(f"      {stat} strategy: {strategy}")
         if self.ggn_gram is not None:
@@ -132,9 +135,11 @@ def _param_names(curv: Any) -> tuple[str, ...]:
     return tuple(p.name for p in curv.params)
 
 
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if hasattr(value, "shape") else type(value).__name__
+
+
 def _describe(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k} {list(v.shape)}" for k, v in value.items())
     if hasattr(value, "A") and hasattr(value, "G"):
         return f"KFAC({value.approx}) A {list(value.A.shape)}, G {list(value.G.shape)}"
     return repr(value)
