@@ -16,6 +16,10 @@ from tnderiv.plan.compiled import PLAN_CACHE, Plan, get_plan
 from tnderiv.plan.optimizers import cache_key
 
 PARAMS = ("weight", "bias")
+COMPLEX_UNSUPPORTED = (
+    "complex dtypes are not supported; tnderiv's derivatives are real (torch's complex autograd conjugates, "
+    "which these diagrams do not); pass real and imaginary parts as separate real tensors"
+)
 BUFFERS = ("running_mean", "running_var")  # statistics of normalization modules, used by their forward
 
 
@@ -38,6 +42,8 @@ def check_tensors(tensors: Mapping[str, Any]) -> Any:
     first_name, first = None, None
     for name, array in tensors.items():
         backend = backend_of(array, name)
+        if backend.is_complex(array):
+            raise TypeError(f"{name} has dtype {array.dtype}: {COMPLEX_UNSUPPORTED}")
         if not backend.is_floating(array):
             raise TypeError(f"{name} has dtype {array.dtype}; expected a floating-point dtype")
         if first is None:
@@ -71,7 +77,7 @@ class _Call:
     def __call__(self, given: dict[str, Any]) -> Any:
         if self.prepare is not None:
             given.update(self.prepare(given))
-        return self.plan({name: given[name] for name in self.needed})
+        return self.plan.execute({name: given[name] for name in self.needed})
 
 
 CALL_CACHE: LRUCache[_Call] = LRUCache(maxsize=1024)
@@ -349,6 +355,10 @@ def plan(
         expr = derive(network, quantity, simplify)
         check = network.check_sizes
     like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
+    if like.is_complex():
+        raise TypeError(f"dtype={like.dtype}: {COMPLEX_UNSUPPORTED}")
+    if not like.is_floating_point():
+        raise TypeError(f"dtype={like.dtype}: expected a floating-point dtype")
     return get_plan(expr, shapes, like, optimize, check, simplify=simplify, memory_limit=memory_limit)
 
 

@@ -82,6 +82,8 @@ def loss_hessian_sqrt(
     spec = get_loss(loss)
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"output must be a torch.Tensor, got {type(output).__name__}")
+    if output.is_complex():
+        raise TypeError(f"output has dtype {output.dtype}: complex dtypes are not supported (real losses only)")
     if not output.is_floating_point():
         raise TypeError(f"output has dtype {output.dtype}; expected a floating-point dtype")
     if output.ndim < spec.min_ndim or output.ndim < 1 or output.shape[0] < 1:

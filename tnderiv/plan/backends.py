@@ -38,9 +38,15 @@ class Backend:
         return str(array.dtype)
 
     def is_floating(self, array: Any) -> bool:
+        """Real floating point (complex dtypes are not supported: derivatives here are real)."""
         if self.name == "torch":
-            return bool(array.is_floating_point() or array.is_complex())
-        return array.dtype.kind in "fc"
+            return bool(array.is_floating_point())
+        return array.dtype.kind == "f"
+
+    def is_complex(self, array: Any) -> bool:
+        if self.name == "torch":
+            return bool(array.is_complex())
+        return array.dtype.kind == "c"
 
 
 TORCH = Backend("torch")

@@ -256,14 +256,38 @@ class Plan:
 
     # ----- running ---------------------------------------------------------------------------------
     def __call__(self, operands: Mapping[str, Any] | None = None, **named: Any) -> Any:
+        """Check the operands against what the plan was made for (names, shapes, dtype, device), then run it."""
         given = dict(operands, **named) if operands else named
-        for name in self.operand_names:
-            if name not in given:
-                missing = [n for n in self.operand_names if n not in given]
-                raise ValueError(f"missing operands {missing}; the plan needs {list(self.operand_names)}")
+        self.check(given)
+        return self.execute(given)
+
+    def execute(self, given: Mapping[str, Any]) -> Any:
+        """Run on operands already known to fit (chunked under ``memory_limit``); no checks."""
         if self._chunked is not None:
             return self._chunked(given)
         return self.run(given)
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        """Raise unless ``given`` has every operand with the shape, dtype and device this plan was made for."""
+        missing = [n for n in self.operand_names if n not in given]
+        if missing:
+            raise ValueError(f"missing operands {missing}; the plan needs {list(self.operand_names)}")
+        like = self._like
+        for name in self.operand_names:
+            array, expected = given[name], self.shapes.get(name)
+            shape = getattr(array, "shape", None)
+            if shape is None:
+                raise TypeError(f"{name} must be an array (torch.Tensor or cupy.ndarray), got {type(array).__name__}")
+            if expected is not None and tuple(shape) != expected:
+                raise ValueError(
+                    f"{name} has shape {tuple(shape)}, but this plan was made for {name} of shape {expected}; "
+                    "a plan runs only the shapes it was planned for (plan again, or call tnderiv.forward/vjp/..., "
+                    "which plan once per shape)"
+                )
+            if array.dtype != like.dtype:
+                raise TypeError(f"{name} has dtype {array.dtype}, but this plan was made for {like.dtype}")
+            if array.device != like.device:
+                raise ValueError(f"{name} is on {array.device}, but this plan was made for {like.device}")
 
     def run(self, operands: Mapping[str, Any]) -> Any:
         """Contract without checks or chunking (operands by name, user layout)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral
 from typing import Any
 
 import opt_einsum as oe
@@ -16,7 +17,7 @@ from tnderiv.plan.kernels import StepInput
 
 # exact dynamic programming is affordable for layer-sized networks
 EXACT_UP_TO = 12
-NAMES = ("auto", *sorted(_PATH_OPTIONS))
+NAMES = ("auto", *sorted(set(_PATH_OPTIONS) - {"auto"}))
 
 
 def resolve(optimize: Any, num_operands: int) -> Any:
@@ -31,10 +32,10 @@ def resolve(optimize: Any, num_operands: int) -> Any:
                 raise ValueError("optimize='cotengra' needs cotengra: pip install cotengra") from None
             return cotengra.HyperOptimizer(max_repeats=16, progbar=False)
         if optimize not in _PATH_OPTIONS:
-            raise ValueError(f"path optimizer {optimize!r} not found; valid options are {sorted(set(NAMES) | {'cotengra'})}")
+            raise ValueError(f"path optimizer {optimize!r} not found; valid options are {[*NAMES, 'cotengra']}")
         return optimize
     if isinstance(optimize, Sequence):
-        return [tuple(int(i) for i in step) for step in optimize]
+        return check_path(optimize, num_operands)
     if isinstance(optimize, PathOptimizer) or callable(optimize):
         return optimize
     raise TypeError(
@@ -42,12 +43,47 @@ def resolve(optimize: Any, num_operands: int) -> Any:
     )
 
 
+def check_path(path: Sequence[Any], num_operands: int) -> list[tuple[int, ...]]:
+    """``path`` as a list of index tuples, after checking that it contracts ``num_operands`` tensors into one.
+
+    opt_einsum's convention: each step names positions in the current list of tensors (the result of a
+    step is appended at the end); raises naming the step and what is wrong with it.
+    """
+    shown = f"optimize={list(path)!r}"
+    steps: list[tuple[int, ...]] = []
+    remaining = num_operands
+    for number, step in enumerate(path):
+        if isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or not step:
+            raise ValueError(f"{shown}: step {number} is {step!r}; expected a non-empty tuple of tensor positions, e.g. (0, 1)")
+        if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in step):
+            raise ValueError(f"{shown}: step {number} is {step!r}; expected int positions")
+        if len(set(int(i) for i in step)) != len(step):
+            raise ValueError(f"{shown}: step {number} {tuple(step)} repeats a position")
+        bad = [i for i in step if not 0 <= i < remaining]
+        if bad:
+            raise ValueError(
+                f"{shown}: step {number} {tuple(step)} names position {bad[0]}, but only {remaining} tensors are left at "
+                f"that step (positions 0..{remaining - 1}; each step's result is appended at the end)"
+            )
+        remaining -= len(step) - 1
+        steps.append(tuple(int(i) for i in step))
+    if num_operands > 1 and remaining != 1:
+        raise ValueError(
+            f"{shown}: this term has {num_operands} tensors and {remaining} are left after the path; an explicit path "
+            f"must contract them into one ({num_operands - 1} pairwise steps)"
+        )
+    return steps
+
+
 def cache_key(optimize: Any) -> Hashable:
     """A hashable stand-in for ``optimize`` (objects by identity)."""
     if isinstance(optimize, str):
         return optimize
     if isinstance(optimize, Sequence):
-        return ("path", tuple(tuple(int(i) for i in step) for step in optimize))
+        try:  # a malformed path gets its key as given; check_path reports what is wrong with it
+            return ("path", tuple(tuple(step) for step in optimize))
+        except TypeError:
+            return ("path", repr(optimize))
     return ("object", id(optimize))
 
 
