@@ -4,8 +4,10 @@ from tnderiv.api import clear_caches, diagram, evaluate, forward, jvp, per_sampl
 from tnderiv.api_ggn import GradStats, ggn, grad_stats, loss_hessian_sqrt
 from tnderiv.api_kfac import KFAC, kfac, kfac_factors_input, kfac_factors_output
 from tnderiv.calculus import QUANTITIES
+from tnderiv.explore import explore
 from tnderiv.ir import Diagram, DiagramSum
 from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNorm, LayerNorm, Linear, RMSNorm
+from tnderiv.model import Curvature, CurvatureResult, ExactCurvature
 from tnderiv.model.memsave import memsave, required_operands
 from tnderiv.plan import PLAN_CACHE, Plan
 from tnderiv.simplify import simplify
@@ -16,6 +18,9 @@ __all__ = [
     "PLAN_CACHE",
     "QUANTITIES",
     "BatchNorm",
+    "Curvature",
+    "CurvatureResult",
+    "ExactCurvature",
     "Conv",
     "Diagram",
     "DiagramLayer",
@@ -32,6 +37,7 @@ __all__ = [
     "clear_caches",
     "diagram",
     "evaluate",
+    "explore",
     "forward",
     "ggn",
     "grad_stats",
