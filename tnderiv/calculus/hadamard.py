@@ -101,7 +101,7 @@ def _simplified(expr: Expression) -> Expression:
     return result  # type: ignore[return-value]
 
 
-@register_quantity("hadamard_vjp", wrt="operand")
+@register_quantity("hadamard_vjp", wrt="operand", default_wrt="x")
 def _hadamard_vjp(network: LayerNetwork, wrt: str | None) -> Expression:
     """``diag_out`` (shaped like the output) pulled back through ``J ⊙ J``: ``diag(Jᵀ diag(diag_out) J)``, shaped like the operand."""
     assert wrt is not None
