@@ -124,7 +124,7 @@ def compute_over(curv: Any, batches: Iterable[tuple[Any, torch.Tensor]], quantit
         from tnderiv.model.curvature import _accumulate_grads
 
         _accumulate_grads(curv.model, grads)
-    loss = torch.tensor(float(totals[0]) / d)
+    loss = torch.tensor(float(totals[0]) / d, dtype=last.loss.dtype)
     gram = last.ggn_gram if "ggn_gram" in names else None
     return CurvatureResult(loss, names, values, curvature, grads, gram, last.rows, n, last.notes, divisor=int(d))
 

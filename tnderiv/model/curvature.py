@@ -8,6 +8,7 @@ derived diagrams of the layer engine; modules without a spec fall back to ``torc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from tnderiv.calculus.kfac import Approx, BiasMode, parse_loss_average
+from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
 from tnderiv.model.batch import BatchValues, Options, compute_batch
 from tnderiv.model.columns import Pass, run_model
 from tnderiv.model.loss import FISHERS, ModelLoss
@@ -131,6 +133,7 @@ class Curvature:
         sqrt = None
         if needs_columns(names, self.options.fisher):
             o = self.options
+            _check_columns_fit(run, o)
             sqrt = self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
         with torch.no_grad(), _no_autocast(run.output):
             values = compute_batch(run, found, names, sqrt, self.options) if _layer_quantities(names) else BatchValues({}, {}, None, [])
@@ -157,6 +160,19 @@ class Curvature:
         from tnderiv.model.accumulate import compute_over
 
         return compute_over(self, batches, quantities, set_grad=set_grad)
+
+
+def _check_columns_fit(run: Pass, opts: Options) -> None:
+    """Refuse, before allocating, square-root columns that would not fit: ``S`` ``[M, N, *F]`` plus one chunk of
+    columns at every recorded output (all ``M`` at once unless ``memory_limit`` chunks them)."""
+    out = run.output
+    m = opts.mc_samples if opts.fisher == "mc" else math.prod(out.shape[1:])
+    per_column = sum(t.numel() * t.element_size() for uses in run.uses.values() for use in uses for t in use.outputs)
+    chunk = m if opts.memory_limit is None else max(1, min(m, opts.memory_limit // max(per_column, 1)))
+    needed = m * out.numel() * out.element_size() + chunk * per_column
+    detail = f"{m} loss-Hessian columns of the output {list(out.shape)}, {chunk} at a time pulled back to every layer"
+    options = [MEMORY_LIMIT.replace("over the batch", "over the columns"), "fisher='mc' with a few mc_samples", SMALLER_BATCH, SET_BUDGET]
+    check_fits(f"the {opts.fisher} columns", needed, out.device, detail, options)
 
 
 def _layer_quantities(names: Sequence[str]) -> bool:
