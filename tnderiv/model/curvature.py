@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from tnderiv.calculus.kfac import Approx, BiasMode, parse_loss_average
-from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
 from tnderiv.model.batch import BatchValues, Options, compute_batch
 from tnderiv.model.columns import Pass, run_model
 from tnderiv.model.loss import FISHERS, ModelLoss
@@ -24,6 +23,7 @@ from tnderiv.model.quantities import GGN, HESSIAN_DIAGONALS, SAMPLE_WISE, needs_
 from tnderiv.model.record import Recorder
 from tnderiv.model.result import CurvatureResult
 from tnderiv.model.units import ParamSelector, owners, select
+from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
 
 
 class Curvature:
