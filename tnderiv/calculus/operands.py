@@ -11,7 +11,7 @@ read off the diagrams (never tabulated):
 
 ``x_hat`` and ``inv_std`` are *derived* operands that the layer's ``prepare`` computes from the
 user's tensors. :func:`derived_sources` finds which of those tensors each one is computed from by
-differentiating ``prepare`` once, so :func:`saved_operands` can name the user tensors to keep.
+running ``prepare`` on redrawn tensors once, so :func:`saved_operands` can name the user tensors to keep.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ _SOURCES: weakref.WeakKeyDictionary[LayerNetwork, dict[str, tuple[str, ...]]] = 
 
 
 def derived_sources(network: LayerNetwork, tensors: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """``{derived operand: the given tensors it is computed from}``, by differentiating ``prepare`` once.
+    """``{derived operand: the given tensors it is computed from}``, found by running ``prepare``.
 
     ``tensors``: torch tensors by operand name (``x``, and ``running_mean``/``running_var`` where the
-    layer uses them). A derived operand depends on a tensor iff autograd finds a path from it; the
+    layer uses them). A derived operand depends on a tensor iff redrawing that tensor (independent
+    values in ``[0.5, 1.5)``, valid for variances) changes it. Nothing is recorded for autograd; the
     answer is a property of the network and is remembered per network.
     """
     if not network.derived or network.prepare is None:
@@ -71,24 +72,21 @@ def derived_sources(network: LayerNetwork, tensors: Mapping[str, Any]) -> dict[s
         return cached
     import torch
 
-    leaves = {
-        name: t.detach().requires_grad_()
-        for name, t in tensors.items()
-        if isinstance(t, torch.Tensor) and t.is_floating_point()
-    }
-    names = list(leaves)
-    with torch.enable_grad():
-        derived = network.prepare(dict(leaves))
-        sources: dict[str, tuple[str, ...]] = {}
-        for name in network.derived:
-            value = derived[name]
-            if not value.requires_grad:
-                sources[name] = ()
-                continue
-            grads = torch.autograd.grad(value.sum(), [leaves[n] for n in names], allow_unused=True, retain_graph=True)
-            sources[name] = tuple(n for n, grad in zip(names, grads) if grad is not None)
-    _SOURCES[network] = sources
-    return sources
+    given = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    generator = torch.Generator(device=next(iter(given.values())).device).manual_seed(0)
+    with torch.no_grad():
+        base = network.prepare(dict(given))
+        sources: dict[str, list[str]] = {name: [] for name in network.derived}
+        for name, value in given.items():
+            redrawn = dict(given)
+            redrawn[name] = torch.rand(value.shape, generator=generator, dtype=value.dtype, device=value.device) + 0.5
+            changed = network.prepare(redrawn)
+            for derived in network.derived:
+                if not torch.equal(changed[derived], base[derived]):
+                    sources[derived].append(name)
+    result = {name: tuple(names) for name, names in sources.items()}
+    _SOURCES[network] = result
+    return result
 
 
 def saved_operands(network: LayerNetwork, wrt: str | Iterable[str], tensors: Mapping[str, Any]) -> tuple[str, ...]:
