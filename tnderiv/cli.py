@@ -1,4 +1,4 @@
-"""The ``tnderiv`` command line: ``demo``, ``quantities``, ``render`` (subcommands in a registry)."""
+"""The ``tnderiv`` command line: ``demo``, ``quantities``, ``render``, ``explore`` (subcommands in a registry)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_render_parser(commands)
+    from tnderiv.explore.command import add_explore_parser
+
+    add_explore_parser(commands)
     return parser
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tnderiv.explore.model import build_report
 from tnderiv.explore.page import page_html, write_static
 from tnderiv.explore.server import ExplorerServer, Session, check_host
-from tnderiv.explore.settings import Settings, Target, make_target, resolve, sizes_from_shapes
+
+if TYPE_CHECKING:
+    from tnderiv.explore.settings import Settings, Target
+
+# the model (and with it the render module) is imported on the first call: `import tnderiv` stays fast
 
 
 def initial_settings(target: Target, quantity: str | None, shapes: Mapping[str, Sequence[int]] | None) -> Settings:
     """The first settings: the quantity (default ``vjp_weight`` for a layer) and sizes bound from ``shapes``."""
+    from tnderiv.explore.settings import Settings, resolve, sizes_from_shapes
+
     if quantity is not None and not isinstance(quantity, str):
         raise TypeError(f"quantity={quantity!r}: expected a quantity name such as 'vjp_weight'")
     if target.layer is None and quantity is not None:
@@ -92,6 +97,8 @@ def explore(
     ``shapes`` (operand name → shape) sets the sizes; ``serve=True`` starts the local server (loopback
     only) in a background thread: open ``explorer.url``, call ``explorer.stop()`` when done.
     """
+    from tnderiv.explore.settings import make_target
+
     target = make_target(layer_or_diagram)
     settings = initial_settings(target, quantity, shapes)
     session = Session(target, settings)
@@ -100,4 +107,4 @@ def explore(
     return Explorer(session, server)
 
 
-__all__ = ["Explorer", "ExplorerServer", "Session", "Settings", "Target", "build_report", "check_host", "explore", "make_target"]
+__all__ = ["Explorer", "ExplorerServer", "Session", "check_host", "explore", "initial_settings"]

@@ -18,11 +18,12 @@ import sys
 import threading
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tnderiv.explore.model import build_report
 from tnderiv.explore.page import page_html
-from tnderiv.explore.settings import Settings, Target, settings_from_json
+
+if TYPE_CHECKING:
+    from tnderiv.explore.settings import Settings, Target
 
 MAX_BODY = 16 * 1024
 LIBRARY_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError)
@@ -62,6 +63,8 @@ class Session:
             if settings in self._reports:
                 self._reports.move_to_end(settings)
                 return self._reports[settings]
+        from tnderiv.explore.model import build_report
+
         report = build_report(self.target, settings)
         with self._lock:
             self._reports[settings] = report
@@ -155,6 +158,8 @@ class Handler(BaseHTTPRequestHandler):
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RequestError(400, f"malformed JSON: {error}") from None
+        from tnderiv.explore.settings import settings_from_json
+
         if path == "/api/plan":
             self._send_json(200, self.session.report(settings_from_json(data)))
         else:
