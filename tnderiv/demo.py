@@ -84,7 +84,7 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
         cold = 1e3 * (time.perf_counter() - cold_start)
         warm = _time_ms(lambda layer=layer, x_in=x_in, g_out=g_out: tnderiv.per_sample_grad(layer, x_in, g_out))
         print_fn(f"    per-sample gradients: cold {cold:.1f} ms (derive + plan + run), warm {warm:.2f} ms")
-    _curvature(net, x, layers, inputs, outputs, grads_out, errors, print_fn)
+    _curvature(net, x, errors, print_fn)
     spec = tnderiv.layers.spec_of(layers[1])
     shapes = {"x": tuple(inputs[1].shape), "grad_out": tuple(grads_out[1].shape)}
     print_fn("\nThe plan tnderiv ran for the weight VJP of layer [1]:")
@@ -95,55 +95,52 @@ def run_demo(batch: int = 8, print_fn: Callable[[str], None] = print) -> dict[st
     return errors
 
 
-def _curvature(
-    net: nn.Module,
-    x: torch.Tensor,
-    layers: list[nn.Module],
-    inputs: list[torch.Tensor],
-    outputs: list[torch.Tensor],
-    grads_out: tuple[torch.Tensor, ...],
-    errors: dict[str, float],
-    print_fn: Callable[[str], None],
-) -> None:
-    """KFAC factors, the GGN diagonal (exact loss-Hessian square root) and batch statistics per layer."""
-    logits = outputs[-1]
-    target = torch.randint(0, logits.shape[1], (logits.shape[0],), generator=torch.Generator().manual_seed(1))
-    sqrt_logits = tnderiv.loss_hessian_sqrt("cross_entropy", logits.detach(), target)  # [M, N, classes]
-    # backpropagate the square root's columns through the network to every layer's output
-    sqrt_outs = _backpropagated_sqrt(logits, outputs, sqrt_logits)
-    print_fn("\nCurvature (cross-entropy, exact loss-Hessian square root with M = 10 columns):")
-    for index, (layer, x_in, g_out, s_out) in enumerate(zip(layers, inputs, grads_out, sqrt_outs)):
-        x_in = x_in.detach()
-        kfac = tnderiv.kfac(layer, x_in, s_out, approx="reduce")
-        diag = tnderiv.ggn(layer, x_in, s_out, param="weight", kind="diag")
-        stats = tnderiv.grad_stats(layer, x_in, g_out, ("sum_grad_squared", "batch_l2"))
-        oracle = _ggn_diag_by_autograd(layer, x_in, s_out)
-        err = _max_err(diag, oracle)
-        errors["ggn_diag"] = max(errors.get("ggn_diag", 0.0), err)
-        warm = _time_ms(lambda layer=layer, x_in=x_in, s_out=s_out: tnderiv.kfac(layer, x_in, s_out, approx="reduce"))
-        print_fn(
-            f"[{index}] KFAC-reduce A {tuple(kfac.A.shape)} G {tuple(kfac.G.shape)} ({warm:.2f} ms warm); "
-            f"GGN diagonal {tuple(diag.shape)} err {err:.1e}; "
-            f"sum_grad_squared {tuple(stats['sum_grad_squared']['weight'].shape)}, batch_l2 {tuple(stats['batch_l2']['weight'].shape)} "
-            f"({stats.choices['batch_l2']['weight'].strategy})"
-        )
+def _curvature(net: nn.Module, x: torch.Tensor, errors: dict[str, float], print_fn: Callable[[str], None]) -> None:
+    """The whole model at once (``tnderiv.Curvature``): per-sample gradients, statistics, KFAC and the exact GGN
+    diagonal of every layer from one forward and backward, checked against ``torch.func``."""
+    target = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    curv = tnderiv.Curvature(net, nn.CrossEntropyLoss(), fisher="type-2", approx="reduce")
+    quantities = ("per_sample_grad", "sum_grad_squared", "batch_l2", "kfac", "ggn_diag")
+    start = time.perf_counter()
+    res = curv.compute(x, target, quantities, set_grad=False)
+    cold = 1e3 * (time.perf_counter() - start)
+    warm = _time_ms(lambda: curv.compute(x, target, quantities, set_grad=False), repeats=3)
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    psg_ref = _per_sample_grads_by_torch_func(net, params, x, target)
+    diag_ref = _ggn_diag_by_torch_func(net, params, x)
+    psg_err = diag_err = 0.0
+    for name in params:
+        module, _, local = name.rpartition(".")
+        psg_err = max(psg_err, _max_err(res[module]["per_sample_grad"][local], psg_ref[name]))
+        diag_err = max(diag_err, _max_err(res[module]["ggn_diag"][local], diag_ref[name]))
+    errors["model_per_sample_grad"], errors["ggn_diag"] = psg_err, diag_err
+    print_fn("\nThe whole model at once: tnderiv.Curvature(net, nn.CrossEntropyLoss()).compute(x, y, quantities)")
+    print_fn(res.report())
+    print_fn(
+        f"per-sample gradients err {psg_err:.1e}, exact GGN diagonal err {diag_err:.1e} (vs torch.func); "
+        f"first call {cold:.0f} ms (derive + plan every layer), warm {warm:.1f} ms"
+    )
 
 
-def _backpropagated_sqrt(
-    logits: torch.Tensor, outputs: list[torch.Tensor], sqrt_logits: torch.Tensor
-) -> list[torch.Tensor]:
-    """``S_l[m] = J_{logits→y_l}ᵀ S[m]`` for every layer output ``y_l``: ``[M, *y_l.shape]`` each."""
-    columns = [torch.autograd.grad(logits, outputs, column, retain_graph=True) for column in sqrt_logits]
-    return [torch.stack([col[layer] for col in columns]) for layer in range(len(outputs))]
+def _per_sample_grads_by_torch_func(net: nn.Module, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Oracle: ``vmap(grad)`` of each sample's share of the mean cross-entropy."""
+
+    def loss(p: dict[str, Any], xn: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(net, p, (xn[None],))
+        return nn.functional.cross_entropy(out, yn[None], reduction="sum") / x.shape[0]
+
+    return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
 
 
-def _ggn_diag_by_autograd(layer: nn.Module, x: torch.Tensor, sqrt_out: torch.Tensor) -> torch.Tensor:
-    """Oracle: ``Σ_m Σ_n (per-sample VJP of column m w.r.t. the weight)²`` with torch.func."""
-
-    def output(weight: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(layer, {"weight": weight}, (sample[None],))[0]
-
-    def per_sample_vjp(sample: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
-        return torch.func.vjp(lambda w: output(w, sample), layer.weight)[1](cotangent)[0]
-
-    return sum((torch.func.vmap(per_sample_vjp)(x, column) ** 2).sum(0) for column in sqrt_out)
+def _ggn_diag_by_torch_func(net: nn.Module, params: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+    """Oracle: ``diag(Σ_n J_nᵀ H_n J_n)`` from the dense Jacobian and the mean cross-entropy's Hessian."""
+    out = net(x).detach()
+    n = x.shape[0]
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(net, p, (x,)))(params)
+    p = torch.softmax(out, 1)
+    hessian = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]) / n  # [N, C, C]
+    result = {}
+    for name, j in jac.items():
+        j = j.reshape(n, out.shape[1], -1)  # [N, C, P]
+        result[name] = ((hessian @ j) * j).sum((0, 1)).reshape(params[name].shape)
+    return result
