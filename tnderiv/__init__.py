@@ -10,6 +10,7 @@ from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNor
 from tnderiv.model import Curvature, CurvatureResult, ExactCurvature
 from tnderiv.model.memsave import memsave, required_operands
 from tnderiv.plan import PLAN_CACHE, Plan
+from tnderiv.plan.memory import MemoryBudgetError, get_memory_budget, set_memory_budget
 from tnderiv.simplify import simplify
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "LayerNorm",
     "GradStats",
     "Linear",
+    "MemoryBudgetError",
     "Plan",
     "RMSNorm",
     "__version__",
@@ -39,6 +41,7 @@ __all__ = [
     "evaluate",
     "explore",
     "forward",
+    "get_memory_budget",
     "ggn",
     "grad_stats",
     "jvp",
@@ -49,6 +52,7 @@ __all__ = [
     "memsave",
     "per_sample_grad",
     "plan",
+    "set_memory_budget",
     "required_operands",
     "simplify",
     "vjp",

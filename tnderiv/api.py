@@ -13,6 +13,7 @@ from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
 from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.compiled import PLAN_CACHE, Plan, get_plan
+from tnderiv.plan.memory import needs_check
 from tnderiv.plan.optimizers import cache_key
 
 PARAMS = ("weight", "bias")
@@ -69,12 +70,15 @@ def _network(layer: Any, shapes: Mapping[str, tuple[int, ...]]) -> LayerNetwork:
 class _Call:
     """A warm call: the plan of one quantity for one set of tensor shapes, dtypes and devices."""
 
-    __slots__ = ("needed", "plan", "prepare")
+    __slots__ = ("label", "nbytes", "needed", "plan", "prepare")
 
-    def __init__(self, needed: tuple[str, ...], plan: Plan, prepare: Any) -> None:
-        self.needed, self.plan, self.prepare = needed, plan, prepare
+    def __init__(self, needed: tuple[str, ...], plan: Plan, prepare: Any, label: str) -> None:
+        self.needed, self.plan, self.prepare, self.label = needed, plan, prepare, label
+        self.nbytes = plan.needed_bytes
 
     def __call__(self, given: dict[str, Any]) -> Any:
+        if needs_check(self.nbytes):  # one comparison on warm calls; the budget may have changed since planning
+            self.plan.check_memory(self.label)
         if self.prepare is not None:
             given.update(self.prepare(given))
         return self.plan.execute({name: given[name] for name in self.needed})
@@ -188,7 +192,7 @@ def _build_call(
     if output_shape is not None:
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
-    return _Call(tuple(needed), plan, prepare)
+    return _Call(tuple(needed), plan, prepare, f"{quantity} of {spec}")
 
 
 def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ...] | None:

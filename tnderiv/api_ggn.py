@@ -10,10 +10,11 @@ from typing import Any
 from tnderiv.api import _module_params, _network, check_tensors, run_quantity
 from tnderiv.calculus import derive
 from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quantities)
-from tnderiv.calculus.losses import loss_hessian_sqrt
+from tnderiv.calculus.losses import check_loss_inputs, compute_sqrt, sqrt_bytes
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, get_statistic, materialized_half
 from tnderiv.ir import Expression
 from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 GGN_KINDS = ("block", "diag", "gram")
 STRATEGIES = ("auto", "glued", "materialize")
@@ -49,6 +50,31 @@ def ggn(
     _check_param(param, network.params)
     quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
     return run_quantity(layer, quantity, tensors, optimize=optimize)
+
+
+def loss_hessian_sqrt(
+    loss: str,
+    output: Any,
+    target: Any,
+    *,
+    mc_samples: int = 0,
+    reduction: str = "mean",
+    generator: Any = None,
+) -> Any:
+    """``S`` of shape ``[M, N, *output.shape[1:]]`` with ``Σ_m S[m, n] S[m, n]ᵀ`` = the loss Hessian of sample ``n``.
+
+    ``mc_samples=0``: exact (``M = ∏ output.shape[1:]`` columns, one per output entry); ``mc_samples > 0``:
+    an unbiased Monte-Carlo estimate with ``M = mc_samples`` drawn with ``generator``. ``reduction``
+    scales as torch's loss does. The size is estimated first: ``MemoryBudgetError`` if ``S`` would not fit
+    the memory budget (``tnderiv.set_memory_budget``). ``N = 0`` gives an empty ``[M, 0, *F]``.
+    """
+    spec = check_loss_inputs(loss, output, target, mc_samples, reduction, generator)
+    needed, shape = sqrt_bytes(output, mc_samples)
+    if needs_check(needed):
+        options = [] if mc_samples else [f"mc_samples=M Monte-Carlo columns ([M, {output.shape[0]}, ...]) instead of {shape[0]:,} exact ones"]
+        what = f"S {list(shape)} and one temporary of its size"
+        check_fits(f"loss_hessian_sqrt({loss!r})", needed, output.device, what, [*options, SMALLER_BATCH, SET_BUDGET])
+    return compute_sqrt(spec, output, target, mc_samples, reduction, generator)
 
 
 # ----- gradient statistics -------------------------------------------------------------------------
@@ -164,6 +190,10 @@ def grad_stats(
                 expr = _on_materialized(psg_expr, stat)
                 mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize)
         use = _choose(names, strategy, plan_cost(psg_plan), glued, mat)
+        for stat in names:  # every plan that will run is checked against the memory budget before any runs
+            (mat[stat] if use[stat] == "materialize" else glued[stat]).check_memory(f"{stat} of {param}")
+        if "materialize" in use.values():
+            psg_plan.check_memory(f"the per-sample gradients of {param} (for grad_stats)")
         psg = psg_plan(inputs) if "materialize" in use.values() else None
         for stat in names:
             if use[stat] == "materialize":

@@ -39,6 +39,7 @@ from tnderiv.plan.bind import Bindings, bind_sizes
 from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.constants import constant_array
+from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 from tnderiv.plan.optimizers import cache_key
 
 # ----- evaluating factors ----------------------------------------------------------------------------
@@ -56,8 +57,13 @@ class _Prepared:
     sizes: dict[str, int]
     copy_scale: float = 1.0
 
-    def run(self) -> tuple[Any, Any]:
-        """``(factor, evaluated half or None)``."""
+    def run(self, label: str = "a KFAC factor") -> tuple[Any, Any]:
+        """``(factor, evaluated half or None)``; raises ``MemoryBudgetError`` first if it would not fit."""
+        needed = sum(plan.needed_bytes for plan in self.plans) + (self.plans[0].needed_bytes if len(self.plans) > 1 else 0)
+        if needs_check(needed):
+            half = f"the evaluated half {list(self.plans[0].out_shape)} and its copy, " if len(self.plans) > 1 else ""
+            options = ["approx='reduce' (sums the weight-sharing positions first)", SMALLER_BATCH, SET_BUDGET]
+            check_fits(label, needed, self.plans[0]._like.device, f"{half}the factor {list(self.plans[-1].out_shape)}", options)
         first = self.plans[0](self.operands)
         if len(self.plans) == 1:
             return first, None
@@ -348,6 +354,7 @@ class _Side:
     half_open: tuple[str, ...]
     cross: Plan | None = None
     corner: float | None = None
+    label: str = "a KFAC factor"
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -355,7 +362,7 @@ class _Side:
 
     def evaluate(self) -> tuple[Any, Any, Any]:
         """``(factor [G, d, d], half [*lead, G, d] or None, the half as evaluated)``."""
-        value, raw = self.prepared.run()
+        value, raw = self.prepared.run(self.label)
         sizes = self.sizes
         groups = _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open])
         d = _prod(sizes, self.own_legs)
@@ -385,7 +392,7 @@ def _input_side(
             _key(cross_factor, prepared.operands, x, optimize, append),
             lambda: _bias_parts(cross_factor, own, prepared, x, optimize, append),
         )
-    return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross, corner)
+    return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross, corner, "the KFAC input factor A")
 
 
 def _bias_parts(cross: Factor, own: Factor, prepared: _Prepared, x: Any, optimize: Any, append: bool) -> tuple[Plan | None, float]:
@@ -404,7 +411,7 @@ def _output_side(
     split, factor = output_factor(network, approx, loss_average, sqrt, param)
     tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
     prepared = _prepare(factor, tensors, grad_out, optimize, network.check_sizes, keep_half)
-    return _Side(split, prepared, split.output_legs, split.output_half.open_legs)
+    return _Side(split, prepared, split.output_legs, split.output_half.open_legs, label=f"the KFAC output factor G ({param})")
 
 
 @dataclass

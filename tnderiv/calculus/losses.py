@@ -76,7 +76,14 @@ def loss_hessian_sqrt(
 
     ``mc_samples=0``: exact (``M = ∏ output.shape[1:]``); ``mc_samples > 0``: an unbiased Monte-Carlo
     estimate with ``M = mc_samples`` drawn with ``generator``. ``reduction`` scales as torch's loss does.
+    ``N = 0`` gives an empty ``[M, 0, *F]``.
     """
+    spec = check_loss_inputs(loss, output, target, mc_samples, reduction, generator)
+    return compute_sqrt(spec, output, target, mc_samples, reduction, generator)
+
+
+def check_loss_inputs(loss: str, output: Any, target: Any, mc_samples: int, reduction: str, generator: Any) -> LossHessian:
+    """Raise for bad arguments of ``loss_hessian_sqrt`` (naming them); returns the loss."""
     import torch
 
     spec = get_loss(loss)
@@ -86,8 +93,10 @@ def loss_hessian_sqrt(
         raise TypeError(f"output has dtype {output.dtype}: complex dtypes are not supported (real losses only)")
     if not output.is_floating_point():
         raise TypeError(f"output has dtype {output.dtype}; expected a floating-point dtype")
-    if output.ndim < spec.min_ndim or output.ndim < 1 or output.shape[0] < 1:
-        raise ValueError(f"output has shape {tuple(output.shape)}; {loss} needs at least {max(spec.min_ndim, 1)} axes with N ≥ 1")
+    if output.ndim < spec.min_ndim or output.ndim < 1:
+        raise ValueError(f"output has shape {tuple(output.shape)}; {loss} needs at least {max(spec.min_ndim, 1)} axes [N, ...]")
+    if any(size == 0 for size in output.shape[1:]):
+        raise ValueError(f"output has shape {tuple(output.shape)}: an empty feature axis; {loss} needs at least one output per sample")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != output.device:
@@ -101,7 +110,21 @@ def loss_hessian_sqrt(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if mc_samples and generator is not None and generator.device != output.device:
         raise ValueError(f"generator is on {generator.device} but output is on {output.device}; expected one device")
+    return spec
 
+
+def sqrt_bytes(output: Any, mc_samples: int) -> tuple[int, tuple[int, ...]]:
+    """Bytes ``loss_hessian_sqrt`` allocates at its peak (``S`` and one temporary of its size), and ``S``'s shape."""
+    columns = mc_samples or math.prod(output.shape[1:])
+    return 2 * columns * output.numel() * output.element_size(), (columns, *output.shape)
+
+
+def compute_sqrt(spec: LossHessian, output: Any, target: Any, mc_samples: int, reduction: str, generator: Any) -> Any:
+    """``S`` for checked arguments (see ``loss_hessian_sqrt``)."""
+    import torch
+
+    if output.shape[0] == 0:
+        return output.new_zeros(sqrt_bytes(output, mc_samples)[1])
     with torch.no_grad():
         out, tgt = output.detach(), target.detach()
         if mc_samples:

@@ -22,6 +22,16 @@ from tnderiv.plan.backends import Backend, backend_of
 from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
 from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.constants import device_constant
+from tnderiv.plan.memory import (
+    MC_COLUMNS,
+    MEMORY_LIMIT,
+    SET_BUDGET,
+    SMALLER_BATCH,
+    SMALLER_QUANTITY,
+    check_fits,
+    format_bytes,
+    needs_check,
+)
 from tnderiv.plan.optimizers import Candidate, cache_key, candidate_paths, opt_einsum_path, rank, resolve
 from tnderiv.plan.program import Network, Program
 from tnderiv.plan.report import PlanStep, format_html, format_text
@@ -259,7 +269,37 @@ class Plan:
         """Check the operands against what the plan was made for (names, shapes, dtype, device), then run it."""
         given = dict(operands, **named) if operands else named
         self.check(given)
+        self.check_memory()
         return self.execute(given)
+
+    @cached_property
+    def needed_bytes(self) -> int:
+        """Estimated bytes a run allocates: the result plus the intermediates alive at its peak (chunked: every
+        chunk's result, their concatenation and one chunk's intermediates)."""
+        result = math.prod(self.out_shape) * self.term_plans[0].itemsize
+        if self._chunked is not None:
+            return 2 * result + max(sub.peak_memory for _, _, sub in self._chunked.pieces)
+        return max(self.peak_memory, result)
+
+    def check_memory(self, quantity: str = "this plan") -> None:
+        """Raise ``MemoryBudgetError`` (before anything is allocated) if ``needed_bytes`` exceed the memory budget."""
+        needed = self.needed_bytes
+        if not needs_check(needed):
+            return
+        result = math.prod(self.out_shape) * self.term_plans[0].itemsize
+        detail = f"result {list(self.out_shape)} of {result:,} bytes, peak with intermediates {format_bytes(needed)}"
+        sample_legs = {"n", "m"} & set(terms_of(self.expr)[0].open_legs)
+        options = []
+        if sample_legs or needed > 2 * result:
+            options.append(SMALLER_BATCH)
+        else:
+            options.append(f"the result alone is {format_bytes(result)} and does not shrink with the batch: {SMALLER_QUANTITY}")
+        if needed > 2 * result and self._chunked is None:
+            options.append(MEMORY_LIMIT)
+        if "sqrt_out" in self.operand_names and (sample_legs or needed > 2 * result):
+            options.append(MC_COLUMNS)
+        options.append(SET_BUDGET)
+        check_fits(quantity, needed, self._like.device, detail, options)
 
     def execute(self, given: Mapping[str, Any]) -> Any:
         """Run on operands already known to fit (chunked under ``memory_limit``); no checks."""
