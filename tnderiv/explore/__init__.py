@@ -99,6 +99,8 @@ def explore(
     """
     from tnderiv.explore.settings import make_target
 
+    if serve:
+        host = check_host(host)  # before any work: a non-loopback address is refused at once
     target = make_target(layer_or_diagram)
     settings = initial_settings(target, quantity, shapes)
     session = Session(target, settings)

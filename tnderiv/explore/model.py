@@ -18,7 +18,7 @@ import sympy
 
 from tnderiv.api import plan as plan_of
 from tnderiv.explore.settings import Resolved, Settings, Target, layer_kinds, quantities_of, resolve, symbols_of
-from tnderiv.explore.svgmeta import annotated_svg, leg_info, node_info, strip_svg
+from tnderiv.explore.svgmeta import annotated_svg, derivation_strip, leg_info, node_info
 from tnderiv.ir import Diagram, Node, size_symbol, terms_of
 from tnderiv.plan import Plan
 from tnderiv.plan.bind import Bindings
@@ -208,13 +208,7 @@ def build_report(target: Target, settings: Settings) -> dict[str, Any]:
     term = resolved.terms[index]
     sizes = _term_sizes(resolved, index)
     found = candidates(resolved, index)
-    strip = None
-    if settings.simplify:
-        from tnderiv.simplify import simplify
-
-        derivation = simplify(resolved.raw, trace=True)
-        if derivation.steps:  # type: ignore[union-attr]
-            strip = {"svg": strip_svg(derivation), "rules": [s.rule for s in derivation.steps]}  # type: ignore[union-attr]
+    strip = derivation_strip(resolved.raw) if settings.simplify else None
     return {
         "settings": {**settings.to_dict(), "spec": resolved.spec, "quantity": resolved.quantity, "sizes": resolved.sizes},
         "target": target.label,

@@ -25,6 +25,7 @@ from tnderiv.render.spec import LAYER_KINDS, parse_spec
 
 MAX_SIZE = 4096  # largest value of one size symbol the page may ask for
 MAX_SPEC = 400  # characters of a layer spec
+MAX_NAME = 200  # characters of a quantity or size name
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -57,14 +58,14 @@ def settings_from_json(data: Any, extra: Sequence[str] = ()) -> Settings:
     if spec is not None and (not isinstance(spec, str) or len(spec) > MAX_SPEC):
         raise ValueError(f"spec={spec!r}: expected a layer spec string (at most {MAX_SPEC} characters) or null")
     quantity = data.get("quantity")
-    if quantity is not None and (not isinstance(quantity, str) or not quantity.isidentifier()):
+    if quantity is not None and (not isinstance(quantity, str) or not 0 < len(quantity) <= MAX_NAME):
         raise ValueError(f"quantity={quantity!r}: expected a quantity name such as 'vjp_weight', or null")
     sizes = data.get("sizes", {})
     if not isinstance(sizes, dict):
         raise ValueError(f"sizes={sizes!r}: expected an object {{symbol: int}}")
     checked = []
     for name, value in sizes.items():
-        if not isinstance(name, str) or not name.isidentifier():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
             raise ValueError(f"sizes key {name!r}: expected a size symbol such as 'N' or 'I0'")
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
             raise ValueError(f"sizes[{name!r}]={value!r}: expected an int from 1 to {MAX_SIZE}")

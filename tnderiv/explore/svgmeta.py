@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import sympy
 
-from tnderiv.ir import Diagram, NodeKind, node_tag
+from tnderiv.ir import Diagram, Expression, NodeKind, node_tag
 from tnderiv.render import picture_of
 from tnderiv.render import svg as svg_emitter
 
@@ -60,19 +61,19 @@ def node_info(diagram: Diagram, sizes: Mapping[str, int]) -> list[dict[str, Any]
 
 def annotated_svg(diagram: Diagram, sizes: Mapping[str, int]) -> str:
     """The SVG of ``diagram`` with ``data-leg`` on leg groups and a name · size · kind title on nodes and legs."""
-    picture = picture_of(diagram)
-    root = ET.fromstring(svg_emitter.to_svg(picture))
+    text, drawn_legs = _drawing(diagram)
+    root = ET.fromstring(text)
     root.set("class", "tnd-diagram")
     nodes = node_info(diagram, sizes)
     legs = {leg["name"]: leg for leg in leg_info(diagram, sizes)}
     groups = [g for g in root.iter(f"{{{SVG}}}g") if "tnd-leg-group" in g.get("class", "").split()]
-    if len(groups) == len(picture.legs):
-        for group, drawn in zip(groups, picture.legs):
-            info = legs.get(drawn.name)
+    if len(groups) == len(drawn_legs):
+        for group, name in zip(groups, drawn_legs):
+            info = legs.get(name)
             if info is None:
                 continue
-            group.set("data-leg", drawn.name)
-            _set_title(group, f"leg {drawn.name} · size {info['size_text']} · {info['kind']}")
+            group.set("data-leg", name)
+            _set_title(group, f"leg {name} · size {info['size_text']} · {info['kind']}")
     for group in root.iter(f"{{{SVG}}}g"):
         index = group.get("data-node")
         if index is None or not index.isdigit() or int(index) >= len(nodes):
@@ -83,6 +84,13 @@ def annotated_svg(diagram: Diagram, sizes: Mapping[str, int]) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+@lru_cache(maxsize=64)
+def _drawing(diagram: Diagram) -> tuple[str, tuple[str, ...]]:
+    """The emitter's SVG of a diagram and the names of its drawn legs in order (layouts take a while: cached)."""
+    picture = picture_of(diagram)
+    return svg_emitter.to_svg(picture), tuple(leg.name for leg in picture.legs)
+
+
 def _set_title(group: ET.Element, text: str) -> None:
     title = group.find(f"{{{SVG}}}title")
     if title is None:
@@ -91,10 +99,15 @@ def _set_title(group: ET.Element, text: str) -> None:
     title.text = text
 
 
-def strip_svg(expression: Any) -> str:
-    """The derivation strip (or any drawable) as SVG, for the page."""
+@lru_cache(maxsize=32)
+def derivation_strip(raw: Expression) -> dict[str, Any] | None:
+    """The simplification of ``raw`` drawn as a strip (``tnderiv.simplify(raw, trace=True)``), or None if no rule fires."""
     from tnderiv.render import to_svg
+    from tnderiv.simplify import simplify
 
-    root = ET.fromstring(to_svg(expression))
+    derivation = simplify(raw, trace=True)
+    if not derivation.steps:  # type: ignore[union-attr]
+        return None
+    root = ET.fromstring(to_svg(derivation))
     root.set("class", "tnd-strip")
-    return ET.tostring(root, encoding="unicode")
+    return {"svg": ET.tostring(root, encoding="unicode"), "rules": [step.rule for step in derivation.steps]}  # type: ignore[union-attr]
