@@ -58,6 +58,7 @@ class Curvature:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.loss_fn = loss_fn
         self.loss = ModelLoss.from_module(loss_fn)
         if fisher not in FISHERS:
             raise ValueError(f"fisher={fisher!r} is not supported; expected one of {list(FISHERS)}")
@@ -95,6 +96,7 @@ class Curvature:
         ``model(**x)``; the batch size is ``y.shape[0]``). ``set_grad``: fill ``.grad`` as ``loss.backward()`` would."""
         names = self._check(quantities, set_grad)
         run, values = self._run(x, y, names)
+        self._hessian_diagonals(x, y, names, values)
         result = self._result(run, values, names)
         if set_grad:
             _accumulate_grads(self.model, run.param_grads)
@@ -138,6 +140,16 @@ class Curvature:
         with torch.no_grad(), _no_autocast(run.output):
             values = compute_batch(run, found, names, sqrt, self.options) if _layer_quantities(names) else BatchValues({}, {}, None, [])
         return run, values
+
+    def _hessian_diagonals(self, x: Any, y: torch.Tensor, names: Sequence[str], values: BatchValues) -> None:
+        """BL89 / HesScale / HesScaleGN diagonals (their own backward pass over a sequential model)."""
+        from tnderiv.model.hesscale import hessian_diagonal
+
+        for method in (q for q in names if q in HESSIAN_DIAGONALS):
+            _, diagonals = hessian_diagonal(self.model, self.loss_fn, x, y, method=method, params=list(self.selection.params))
+            for module, per in diagonals.items():
+                for local, value in per.items():
+                    values.values.setdefault(f"{module}.{local}" if module else local, {})[method] = value
 
     def _result(self, run: Pass, values: BatchValues, names: Sequence[str]) -> CurvatureResult:
         per_param = {c: dict(v) for c, v in values.values.items()}
