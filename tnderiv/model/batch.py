@@ -71,26 +71,47 @@ def _stat_dtype(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def compute_batch(run: Pass, owners: Sequence[Owner], names: Sequence[str], sqrt: torch.Tensor | None, opts: Options) -> BatchValues:
-    """All of ``names`` for all owners' parameters of the batch in ``run``."""
+@dataclass
+class Partition:
+    """Which parameters of a batch run on the derived path and which are materialized, with each parameter's
+    uses ``contribs[canonical] = [(owner, use index, local name)]`` and the fallbacks built so far."""
+
+    run: Pass
+    contribs: dict[str, list[tuple[Owner, int, str]]]
+    derived: list[Owner]
+    materialized: list[str]
+    fallbacks: dict[Key, Fallback] = field(default_factory=dict)
+
+    def fallback(self, owner: Owner, i: int) -> Fallback:
+        """``torch.func`` on call ``i`` of ``owner`` (built once)."""
+        if (owner.name, i) not in self.fallbacks:
+            use = self.run.uses[owner.name][i]
+            self.fallbacks[(owner.name, i)] = Fallback(owner.name, owner.module, use, tuple(owner.local), self.run.n)
+        return self.fallbacks[(owner.name, i)]
+
+
+def partition(run: Pass, owners: Sequence[Owner]) -> Partition:
+    """Derived: engine layers called once whose parameters have no other use; everything else is materialized."""
     contribs: dict[str, list[tuple[Owner, int, str]]] = {}
     for owner in owners:
         for i, _ in enumerate(run.uses[owner.name]):
             for local, canonical in owner.local.items():
                 contribs.setdefault(canonical, []).append((owner, i, local))
     derived = [o for o in owners if o.engine and len(run.uses[o.name]) == 1 and all(len(contribs[c]) == 1 for c in o.local.values())]
+    names = {o.name for o in derived}
+    materialized = [c for c, parts in contribs.items() if any(o.name not in names for o, _, _ in parts)]
+    return Partition(run, contribs, derived, materialized)
+
+
+def compute_batch(run: Pass, owners: Sequence[Owner], names: Sequence[str], sqrt: torch.Tensor | None, opts: Options) -> BatchValues:
+    """All of ``names`` for all owners' parameters of the batch in ``run``."""
+    part = partition(run, owners)
+    contribs, derived, materialized, fallback = part.contribs, part.derived, part.materialized, part.fallback
     derived_names = {o.name for o in derived}
-    materialized = [c for c, parts in contribs.items() if any(o.name not in derived_names for o, _, _ in parts)]
     values: dict[str, dict[str, Any]] = {c: {} for c in contribs}
     curvature: dict[str, Any] = {}
     rows = [_row(o, derived_names) for o in owners]
     timing = {r.module: r for r in rows}
-    fallbacks: dict[Key, Fallback] = {}
-
-    def fallback(owner: Owner, i: int) -> Fallback:
-        if (owner.name, i) not in fallbacks:
-            fallbacks[(owner.name, i)] = Fallback(owner.name, owner.module, run.uses[owner.name][i], tuple(owner.local), run.n)
-        return fallbacks[(owner.name, i)]
 
     # ----- first-order per-sample quantities ----------------------------------------------------------
     per_sample = [q for q in names if q in PER_SAMPLE]
@@ -328,4 +349,4 @@ def _materialized_cols(owner: Owner, i: int, local: str, run: Pass, cols: dict[K
     return fallback(owner, i).columns(cols[key])[local]
 
 
-__all__ = ["BatchValues", "Options", "Row", "compute_batch", "kfac_positions", "rebuild_kfac"]
+__all__ = ["BatchValues", "Options", "Partition", "Row", "compute_batch", "kfac_positions", "partition", "rebuild_kfac"]
