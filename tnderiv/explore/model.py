@@ -215,7 +215,7 @@ def build_report(target: Target, settings: Settings) -> dict[str, Any]:
         "editable": resolved.layer is not None,
         "spec_editable": resolved.spec is not None,
         "layer_kinds": layer_kinds(),
-        "quantities": quantities_of(resolved.layer, resolved.rank_shapes) if resolved.layer is not None else [],
+        "quantities": _quantities(resolved),
         "expression": str(resolved.expr),
         "terms": [str(t) for t in terms_of(resolved.expr)],
         "term": index,
@@ -228,6 +228,14 @@ def build_report(target: Target, settings: Settings) -> dict[str, Any]:
         "whole": {"flops": whole.flops, "flops_dense": whole.dense_flops, "peak_memory": whole.peak_memory},
         **found,
     }
+
+
+def _quantities(resolved: Resolved) -> list[str]:
+    """The quantity names the page offers; the current one first among them even if spelled short (``per_sample_grad``)."""
+    if resolved.layer is None:
+        return []
+    names = quantities_of(resolved.layer, resolved.rank_shapes)
+    return names if resolved.quantity in names else [resolved.quantity, *names]
 
 
 def _term_sizes(resolved: Resolved, index: int) -> dict[str, int]:

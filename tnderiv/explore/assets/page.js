@@ -84,9 +84,14 @@
   }
   const CONV = /^conv(_transpose)?([123])d$/;
 
-  function renderControls() {
-    const box = $("layer-controls"); clear(box);
+  let built = null;  // what the controls were built for: rebuilt only when that changes (typing keeps focus)
+  function renderControls(force) {
     const d = draft;
+    const signature = JSON.stringify([state.spec_editable, state.editable, d.kind, state.symbols, state.quantities, state.terms.length]);
+    $("spec-text").textContent = state.spec_editable ? specText(d) : state.target;
+    if (!force && signature === built) return;
+    built = signature;
+    const box = $("layer-controls"); clear(box);
     if (!state.spec_editable) {
       box.appendChild(el("p", { class: "note" }, state.editable
         ? "This layer has no spec spelling (custom layer): its hyperparameters are fixed."
@@ -96,7 +101,7 @@
       const kinds = el("select", { id: "kind" });
       for (const k of Object.keys(state.layer_kinds)) kinds.appendChild(el("option", { value: k }, k));
       kinds.value = d.kind;
-      kinds.addEventListener("change", () => { d.kind = kinds.value; d.params = {}; renderControls(); changed(); });
+      kinds.addEventListener("change", () => { d.kind = kinds.value; d.params = {}; renderControls(true); changed(); });
       kindRow.appendChild(kinds); box.appendChild(kindRow);
       const conv = CONV.exec(d.kind);
       if (conv) {
@@ -104,11 +109,11 @@
         const dims = el("select", { id: "dims" });
         for (const n of ["1", "2", "3"]) dims.appendChild(el("option", { value: n }, n));
         dims.value = conv[2];
-        dims.addEventListener("change", () => { d.kind = "conv" + (conv[1] || "") + dims.value + "d"; renderControls(); changed(); });
+        dims.addEventListener("change", () => { d.kind = "conv" + (conv[1] || "") + dims.value + "d"; renderControls(true); changed(); });
         dimsRow.appendChild(dims); box.appendChild(dimsRow);
         const tr = el("label", { class: "row check" }); const cb = el("input", { type: "checkbox", id: "transposed" });
         cb.checked = Boolean(conv[1]);
-        cb.addEventListener("change", () => { d.kind = (cb.checked ? "conv_transpose" : "conv") + conv[2] + "d"; renderControls(); changed(); });
+        cb.addEventListener("change", () => { d.kind = (cb.checked ? "conv_transpose" : "conv") + conv[2] + "d"; renderControls(true); changed(); });
         tr.appendChild(cb); tr.appendChild(document.createTextNode(" transposed")); box.appendChild(tr);
       }
       const defaults = state.layer_kinds[d.kind] || {};
@@ -149,7 +154,6 @@
     termRow.hidden = state.terms.length < 2;
     state.terms.forEach((t, j) => term.appendChild(el("option", { value: String(j), title: t }, "term " + (j + 1) + " of " + state.terms.length)));
     term.value = String(d.term);
-    $("spec-text").textContent = state.spec_editable ? specText(d) : state.target;
   }
 
   function requestBody() {
@@ -190,7 +194,8 @@
     state = result.data;
     hideError();
     $("status").textContent = "re-planned: " + state.candidates.length + " candidate orders";
-    draft = draftFromState();
+    // the controls keep what the user typed (it may be newer than this answer); new size symbols get their values
+    for (const sym of state.symbols) if (!(sym in draft.sizes)) draft.sizes[sym] = state.settings.sizes[sym];
     selected.candidate = null; selected.step = 0;  // a new plan: start at tnderiv's own choice
     renderAll();
   }
@@ -200,7 +205,12 @@
   // ----- diagram, candidates, steps ----------------------------------------------------------------
   function renderDiagram() {
     const box = $("diagram"); clear(box);
-    box.appendChild(importSvg(state.diagram.svg));
+    const svg = box.appendChild(importSvg(state.diagram.svg));
+    const natural = parseFloat(svg.getAttribute("width") || "0");
+    if (natural > 0) {  // layer-sized diagrams are small at the emitter's scale: enlarge, within the panel
+      svg.style.width = Math.min(natural * 1.7, Math.max(box.clientWidth - 8, 200)) + "px";
+      svg.style.height = "auto";
+    }
     $("term-label").textContent = state.terms.length > 1 ? "term " + (state.term + 1) + " of " + state.terms.length : "";
     const hover = $("hover");
     box.querySelectorAll("[data-node], [data-leg]").forEach((g) => {
@@ -317,8 +327,8 @@
 
   function renderPlot(c) {
     const box = $("plot"); clear(box);
-    const W = 640, H = 150, left = 46, right = 8, top = 10, bottom = 22;
-    const svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
+    const W = Math.max(box.clientWidth || 640, 320), H = 150, left = 46, right = 8, top = 14, bottom = 22;
+    const svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
       "aria-label": "intermediate size per step (elements, log scale)" });
     const sizes = c.steps.map((s) => Math.max(s.size, 1));
     const maxExp = Math.max(1, Math.ceil(Math.log10(Math.max(...sizes, 10))));
@@ -347,7 +357,10 @@
 
   function renderExport(c) {
     $("export-python").textContent = c.export.python;
-    $("export-json").textContent = JSON.stringify(c.export.json, null, 1);
+    $("export-json").textContent = compactJson(c.export.json);
+  }
+  function compactJson(obj) {  // one key a line, each value on one line (still JSON)
+    return "{\n" + Object.entries(obj).map(([k, v]) => "  " + JSON.stringify(k) + ": " + JSON.stringify(v)).join(",\n") + "\n}";
   }
   function download(name, text) {
     const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
@@ -386,14 +399,14 @@
 
   // ----- wiring ------------------------------------------------------------------------------------
   $("step-slider").addEventListener("input", (e) => selectStep(Number(e.target.value) - 1));
-  $("quantity").addEventListener("change", (e) => { draft.quantity = e.target.value; changed(); });
+  $("quantity").addEventListener("change", (e) => { draft.quantity = e.target.value; draft.term = 0; changed(); });
   $("simplify").addEventListener("change", (e) => { draft.simplify = e.target.checked; changed(); });
   $("term").addEventListener("change", (e) => { draft.term = Number(e.target.value); changed(); });
   $("copy-path").addEventListener("click", () => {
     const text = JSON.stringify(current().export.json.optimize);
     if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { $("status").textContent = "path copied"; }, () => {});
   });
-  $("download-path").addEventListener("click", () => download("tnderiv-order.json", JSON.stringify(current().export.json, null, 1)));
+  $("download-path").addEventListener("click", () => download("tnderiv-order.json", compactJson(current().export.json)));
   $("download-report").addEventListener("click", () => download("tnderiv-report.json", JSON.stringify(state, null, 1)));
   if (MODE === "server") {
     $("mode-badge").textContent = "live · re-plans on change";
