@@ -57,7 +57,7 @@ def raises(kind: type[Exception], *words: str):
         (lambda: tnderiv.vjp(SPEC, "x", G, weight=W, x_shape=(2, 4, 6, 5)), ("grad_out", "I0=6", "expected 4")),
         (lambda: tnderiv.jvp(SPEC, "x", t(2, 3, 5, 5), weight=W), ("tangent", "(2, 3, 5, 5)", "expected 4")),
         (lambda: tnderiv.per_sample_grad(SPEC, X, t(2, 6, 3, 4)), ("grad_out", "(2, 6, 3, 4)", "expected 3")),
-        (lambda: tnderiv.forward(SPEC, t(0, 4, 5, 5), W), ("x", "empty axis", "(0, 4, 5, 5)")),
+        (lambda: tnderiv.forward(SPEC, t(2, 4, 0, 5), W), ("spatial dimension 0", "input size 0")),
         (lambda: tnderiv.forward(tnderiv.Linear(3, 4, bias=False), t(2, 5), t(4, 3)), ("x", "(2, 5)", "expected 3")),
         (lambda: tnderiv.forward(tnderiv.Linear(3, 4, bias=False), t(3), t(4, 3)), ("x", "(3,)", "at least 2 axes")),
         (
@@ -78,7 +78,7 @@ def raises(kind: type[Exception], *words: str):
         "x_shape-spatial",
         "tangent-channels",
         "per-sample-grad_out",
-        "empty-batch",
+        "empty-spatial",
         "linear-features",
         "linear-rank",
         "linear-shared",

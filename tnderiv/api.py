@@ -13,6 +13,7 @@ from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
 from tnderiv.plan.cache import LRUCache
 from tnderiv.plan.compiled import PLAN_CACHE, Plan, get_plan
+from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.memory import needs_check
 from tnderiv.plan.optimizers import cache_key
 
@@ -84,7 +85,33 @@ class _Call:
         return self.plan.execute({name: given[name] for name in self.needed})
 
 
-CALL_CACHE: LRUCache[_Call] = LRUCache(maxsize=1024)
+class _EmptyCall:
+    """A warm call with an empty operand: a result of known shape and fill value (see ``plan.empty``).
+
+    Tensors that require grad are attached with weight 0, so gradients flow (as zeros), like torch's own layers.
+    """
+
+    __slots__ = ("fill", "prepare", "shape")
+
+    def __init__(self, shape: tuple[int, ...], fill: float, prepare: Any) -> None:
+        self.shape, self.fill, self.prepare = shape, fill, prepare
+
+    def __call__(self, given: dict[str, Any]) -> Any:
+        like = next(iter(given.values()))
+        out = filled(like, self.shape, self.fill)
+        tracked = [t for t in given.values() if getattr(t, "requires_grad", False)]
+        if tracked and _grad_enabled():
+            out = out + sum(t.sum() for t in tracked) * 0.0
+        return out
+
+
+def _grad_enabled() -> bool:
+    import torch
+
+    return torch.is_grad_enabled()
+
+
+CALL_CACHE: LRUCache[_Call | _EmptyCall] = LRUCache(maxsize=1024)
 
 
 def clear_caches() -> None:
@@ -145,7 +172,7 @@ def _build_call(
     output_shape: Sequence[int] | None,
     optimize: Any,
     options: tuple[bool, Any],
-) -> _Call:
+) -> _Call | _EmptyCall:
     """Check the tensors, derive the quantity's diagram and plan it (the cold path)."""
     like = check_tensors(given)
     shapes = {name: tuple(array.shape) for name, array in given.items()}
@@ -191,6 +218,8 @@ def _build_call(
     plan_shapes = {name: shapes[name] for name in needed}
     if output_shape is not None:
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
+    if has_empty(plan_shapes) or has_empty(shapes):
+        return _EmptyCall(*empty_value(expr, plan_shapes, network.check_sizes), prepare)
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
     return _Call(tuple(needed), plan, prepare, f"{quantity} of {spec}")
 

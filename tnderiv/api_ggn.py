@@ -14,6 +14,7 @@ from tnderiv.calculus.losses import check_loss_inputs, compute_sqrt, sqrt_bytes
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, get_statistic, materialized_half
 from tnderiv.ir import Expression
 from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 GGN_KINDS = ("block", "diag", "gram")
@@ -83,7 +84,8 @@ class StatChoice:
     """How one statistic of one parameter was computed.
 
     ``strategy``: ``"glued"`` (the per-sample network contracted with its copy, nothing per-sample
-    stored) or ``"materialize"`` (per-sample gradients first, then the statistic on them).
+    stored), ``"materialize"`` (per-sample gradients first, then the statistic on them) or ``"empty"``
+    (an empty batch: nothing to compute; sums are 0, means ``nan``).
     ``glued_cost`` / ``materialize_cost``: the planner's score of each way on its own (see
     ``plan_cost``; materialize includes computing the per-sample gradients), ``*_flops`` their FLOPs;
     ``None`` where that way was not planned. ``plans``: the plans that ran (materialize: the
@@ -176,6 +178,8 @@ def grad_stats(
 
     values: dict[str, dict[str, Any]] = {s: {} for s in names}
     choices: dict[str, dict[str, StatChoice]] = {s: {} for s in names}
+    if has_empty(shapes):
+        return _empty_stats(network, names, chosen, given, like)
     for param in chosen:
         psg_expr = derive(network, f"per_sample_grad_{param}")
         inputs = _inputs(network, psg_expr, given)
@@ -212,6 +216,19 @@ def grad_stats(
                 psg_plan.flops + mat[stat].flops if stat in mat else None,
                 ran,
             )
+    return GradStats(values, choices)
+
+
+def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], given: dict[str, Any], like: Any) -> GradStats:
+    """Statistics of an empty batch (or empty weight-sharing axis): sums are 0, means over no sample ``nan``."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in names}
+    choices: dict[str, dict[str, StatChoice]] = {s: {} for s in names}
+    for param in chosen:
+        for stat in names:
+            expr = derive(network, f"{stat}_{param}")
+            shape, fill = empty_value(expr, _shapes(expr, _inputs(network, expr, given)), network.check_sizes)
+            values[stat][param] = filled(like, shape, fill)
+            choices[stat][param] = StatChoice(stat, param, "empty", None, None, None, None, ())
     return GradStats(values, choices)
 
 

@@ -473,6 +473,11 @@ def _check_torch(tensors: Mapping[str, Any]) -> None:
     for name, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}; KFAC needs torch tensors")
+        if 0 in value.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)} with an empty axis; KFAC needs at least one sample and position "
+                "(its factors average over them)"
+            )
 
 
 def _input_tensors(layer: Any, x: Any, operands: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -76,11 +76,15 @@ def bind_sizes(
     expr: Expression,
     shapes: Mapping[str, tuple[int, ...]],
     check: Callable[[Mapping[sympy.Symbol, int]], None] | None = None,
+    *,
+    empty: bool = False,
 ) -> Bindings:
     """Sizes bound from ``shapes`` (by operand name; ``'output'`` for the result) and checked.
 
-    Raises ``ValueError`` naming the operand, the axis, what it got and what was expected.
+    Raises ``ValueError`` naming the operand, the axis, what it got and what was expected. ``empty=True``
+    accepts axes of size 0 (for the shape of an empty result; such sizes are never planned).
     """
+    least = 0 if empty else 1
     groups = axis_groups_by_name(expr)
     unknown = set(shapes) - set(groups)
     if unknown:
@@ -92,12 +96,12 @@ def bind_sizes(
                 expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
                 raise ValueError(f"{name} has shape {tuple(shape)} with {len(shape)} axes; expected {len(axes)} axes {expected}")
             for value, legs in zip(shape, axes):
-                if int(value) < 1:
+                if int(value) < least:
                     raise ValueError(f"{name} has an empty axis ({' '.join(legs)}={value}) in shape {tuple(shape)}")
                 product = sympy.Mul(*(sizes[leg] for leg in legs))
                 if not product.is_Integer:
                     bindings.setdefault(product, int(value))
-    _solve_symbols(bindings)
+    _solve_symbols(bindings, least)
     # symbols from symbol-valued legs first, so that expressions given by shapes can be checked
     for term in terms_of(expr):
         for leg, size in term.sizes.items():
@@ -105,7 +109,8 @@ def bind_sizes(
                 raise ValueError(
                     f"cannot tell the size of leg {leg} ({size}) from the shapes given for {sorted(shapes)}"
                 )
-    _check_reachable(bindings, shapes)
+    if not empty:
+        _check_reachable(bindings, shapes)
     if check is not None:
         check(bindings.symbols())
     for name, shape in shapes.items():
@@ -121,12 +126,12 @@ def bind_sizes(
                     )
     for term in terms_of(expr):
         for leg, size in term.sizes.items():
-            if bindings.value(size) < 1:
+            if bindings.value(size) < least:
                 raise ValueError(f"leg {leg} gets size {bindings.value(size)} = {size}: impossible output size")
     return bindings
 
 
-def _solve_symbols(bindings: Bindings) -> None:
+def _solve_symbols(bindings: Bindings, least: int = 1) -> None:
     """Bind symbols that a given size determines uniquely (``2·I0 = 6`` → ``I0 = 3``; merged axes).
 
     Only expressions without floor/ceiling are solved (an output size with stride has several inputs),
@@ -144,7 +149,7 @@ def _solve_symbols(bindings: Bindings) -> None:
                 continue
             symbol = next(iter(free))
             reduced = expr.xreplace({s: sympy.Integer(v) for s, v in known.items()})
-            solutions = [r for r in sympy.solve(sympy.Eq(reduced, value), symbol) if r.is_Integer and r > 0]
+            solutions = [r for r in sympy.solve(sympy.Eq(reduced, value), symbol) if r.is_Integer and r >= least]
             if len(solutions) == 1:
                 bindings[symbol] = int(solutions[0])
                 changed = True
