@@ -2,10 +2,10 @@
 
 ``memsave(model)`` deep-copies the model and gives every module whose exact type has a
 memory-saving forward (dense, convolution and transposed convolution 1–3d, batch/instance/group/
-layer/RMS norm, ReLU, LeakyReLU) a subclass of its own type with that forward: parameters,
+layer/RMS norm, ReLU, LeakyReLU, max pooling) a subclass of its own type with that forward: parameters,
 buffers, ``state_dict`` keys and ``isinstance`` stay as they were. Every other module is untouched.
 What a layer keeps is read off its VJP diagrams (:func:`required_operands`); ReLU and LeakyReLU,
-whose derivative is a 0/1 pattern, keep a boolean mask.
+whose derivative is a 0/1 pattern, keep a boolean mask, and max pooling the indices of its maxima.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from tnderiv.calculus import operands
 from tnderiv.layers.base import spec_of
@@ -28,6 +26,7 @@ from tnderiv.model.memsave_norm import (
     layer_norm_forward,
     rms_norm_forward,
 )
+from tnderiv.model.memsave_pattern import leaky_relu_forward, max_pool_forward, relu_forward
 
 
 def required_operands(layer: Any, wrt: str | Iterable[str], x_shape: Sequence[int] | None = None) -> tuple[str, ...]:
@@ -40,36 +39,6 @@ def required_operands(layer: Any, wrt: str | Iterable[str], x_shape: Sequence[in
     """
     network = spec_of(layer).network({"x": tuple(x_shape)} if x_shape is not None else {})
     return operands.required_operands(network, wrt)
-
-
-class MaskFunction(torch.autograd.Function):
-    """ReLU / LeakyReLU keeping only the boolean pattern ``x > 0`` (1 byte per element)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Any, slope: float, inplace: bool) -> Any:  # type: ignore[override]
-        mask = x > 0
-        ctx.slope = slope
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(mask)
-        if inplace:
-            ctx.mark_dirty(x)
-            return F.leaky_relu_(x, slope) if slope else x.relu_()
-        return F.leaky_relu(x, slope) if slope else torch.relu(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
-        if ctx.slope:
-            return torch.where(mask, grad_out, grad_out * ctx.slope), None, None
-        return grad_out * mask, None, None
-
-
-def _relu_forward(module: Any, x: Any) -> Any:
-    return MaskFunction.apply(x, 0.0, module.inplace)
-
-
-def _leaky_relu_forward(module: Any, x: Any) -> Any:
-    return MaskFunction.apply(x, float(module.negative_slope), module.inplace)
 
 
 def _conv_forward(module: Any, x: Any) -> Any:
@@ -89,8 +58,9 @@ FORWARDS: dict[type, Callable[..., Any]] = {
     nn.GroupNorm: group_norm_forward,
     nn.LayerNorm: layer_norm_forward,
     nn.RMSNorm: rms_norm_forward,
-    nn.ReLU: _relu_forward,
-    nn.LeakyReLU: _leaky_relu_forward,
+    nn.ReLU: relu_forward,
+    nn.LeakyReLU: leaky_relu_forward,
+    **{t: max_pool_forward for t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
 }
 
 

@@ -1,0 +1,264 @@
+"""memsave against plain torch on ResNet-18 (eval-mode batch norm): saved bytes, peak memory, time.
+
+    .venv/bin/python -m benchmarks.bench_memsave [--batch 8] [--size 224] [--repeat 5]
+
+For each configuration (which tensors need gradients) and each model (torch's, ``tnderiv.memsave``'s
+copy) one forward + backward of a cross-entropy loss is measured:
+
+- saved bytes: every tensor autograd saves, seen by ``torch.autograd.graph.saved_tensors_hooks``,
+  counted once per storage; split into parameters/buffers (resident anyway) and activations;
+- peak memory: a fresh subprocess per configuration and model runs one warm-up step, resets the
+  kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one step and reports ``VmHWM`` minus
+  the RSS before the step (Linux);
+- time: median of ``--repeat`` steps, the two models interleaved in one process.
+
+Results go to ``docs/benchmarks/memsave.json`` (and are printed as a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tnderiv
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "benchmarks" / "memsave.json"
+CONFIGS = {
+    "input_only": "gradient of the input only (every parameter frozen)",
+    "norm_only": "batch-norm parameters trainable, everything else frozen, no input gradient",
+    "all": "every parameter trainable, no input gradient",
+}
+MODELS = ("torch", "memsave")
+
+
+# ----- ResNet-18 (He et al. 2016; torchvision's layout: BasicBlock, [2, 2, 2, 2], in-place ReLU) ---------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths, c_in, stages = (64, 128, 256, 512), 64, []
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)))
+            c_in = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build(model: str, config: str, batch: int, size: int) -> tuple[nn.Module, Callable[[], None]]:
+    """The model in eval mode with the configuration's trainable tensors, and one forward + backward step."""
+    torch.manual_seed(0)
+    net = ResNet18().eval()
+    with torch.no_grad():  # non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    net.requires_grad_(config == "all")
+    for m in net.modules():
+        if config == "norm_only" and isinstance(m, nn.BatchNorm2d):
+            m.requires_grad_(True)
+    if model == "memsave":
+        net = tnderiv.memsave(net)
+    x = torch.randn(batch, 3, size, size, requires_grad=config == "input_only")
+    labels = torch.randint(0, 1000, (batch,))
+
+    def step() -> None:
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+        F.cross_entropy(net(x), labels).backward()
+
+    return net, step
+
+
+def saved_bytes(net: nn.Module, step: Callable[[], None]) -> dict[str, int]:
+    """Bytes of the storages autograd saves in one forward (each storage once): activations and parameters."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    own = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
+    params = sum(n for ptr, n in storages.items() if ptr in own)
+    return {"activations": sum(storages.values()) - params, "params_buffers": params, "total": sum(storages.values())}
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _hwm_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def peak_child(model: str, config: str, batch: int, size: int) -> dict[str, float]:
+    """(In a fresh process) peak RSS growth of one step after a warm-up step, in MiB.
+
+    The parent sets ``MALLOC_MMAP_THRESHOLD_`` so that large tensors are mapped and unmapped (RSS
+    follows the live tensors); ``malloc_trim`` returns what the warm-up step freed.
+    """
+    _, step = build(model, config, batch, size)
+    step()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _rss_kib()
+    step()
+    return {"peak_mib": (_hwm_kib() - before) / 1024}
+
+
+def peak_memory(model: str, config: str, batch: int, size: int) -> float:
+    command = [sys.executable, "-m", "benchmarks.bench_memsave", "--child", model, config, "--batch", str(batch), "--size", str(size),
+               "--threads", str(torch.get_num_threads())]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+def times(config: str, batch: int, size: int, repeat: int) -> dict[str, list[float]]:
+    """Seconds per step, the two models interleaved (one warm-up step each)."""
+    steps = {model: build(model, config, batch, size)[1] for model in MODELS}
+    for step in steps.values():
+        step()
+    samples: dict[str, list[float]] = {model: [] for model in MODELS}
+    for _ in range(repeat):
+        for model, step in steps.items():
+            start = time.perf_counter()
+            step()
+            samples[model].append(time.perf_counter() - start)
+    return samples
+
+
+def check_equal(config: str) -> float:
+    """Largest difference of the gradients of the two models (float64, small input): the run is also a test."""
+    grads = []
+    for model in MODELS:
+        net, _ = build(model, config, 2, 64)
+        net = net.double()
+        x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_(config == "input_only")
+        out = net(x).sum()
+        wanted = [x] if config == "input_only" else [p for p in net.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(out, wanted))
+    return max(float((a - b).abs().max()) for a, b in zip(*grads))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(peak_child(*args.child, args.batch, args.size)))
+        return
+    results: dict[str, Any] = {
+        "setup": {
+            "model": "ResNet-18 (torchvision layout, defined in benchmarks/bench_memsave.py), eval-mode batch norm",
+            "input": [args.batch, 3, args.size, args.size],
+            "dtype": "float32",
+            "loss": "cross_entropy",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "repeat": args.repeat,
+            "peak_memory": "fresh subprocess per cell, MALLOC_MMAP_THRESHOLD_=65536; VmHWM over one step minus RSS before "
+            "it (after a warm-up step, malloc_trim and a reset of VmHWM)",
+        },
+        "configs": {},
+    }
+    started = time.perf_counter()
+    for config in args.configs:
+        cell: dict[str, Any] = {"description": CONFIGS[config], "max_grad_diff_float64": check_equal(config)}
+        for model in MODELS:
+            net, step = build(model, config, args.batch, args.size)
+            cell[model] = {"saved_bytes": saved_bytes(net, step), "peak_mib": peak_memory(model, config, args.batch, args.size)}
+            del net, step
+        samples = times(config, args.batch, args.size, args.repeat)
+        for model in MODELS:
+            cell[model]["seconds"] = statistics.median(samples[model])
+            cell[model]["samples"] = [round(s, 4) for s in samples[model]]
+        t, m = cell["torch"], cell["memsave"]
+        cell["ratios"] = {
+            "saved_activation_bytes": m["saved_bytes"]["activations"] / t["saved_bytes"]["activations"],
+            "saved_total_bytes": m["saved_bytes"]["total"] / t["saved_bytes"]["total"],
+            "peak": m["peak_mib"] / t["peak_mib"] if t["peak_mib"] > 0 else float("nan"),
+            "time": m["seconds"] / t["seconds"],
+        }
+        results["configs"][config] = cell
+        print(_row(config, cell), flush=True)
+    results["setup"]["run_seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _row(config: str, cell: dict[str, Any]) -> str:
+    t, m, r = cell["torch"], cell["memsave"], cell["ratios"]
+    mib = 2**20
+    return (
+        f"{config:10s} saved activations {t['saved_bytes']['activations'] / mib:7.1f} → {m['saved_bytes']['activations'] / mib:7.1f} MiB "
+        f"({r['saved_activation_bytes']:.2f}x)  total {t['saved_bytes']['total'] / mib:7.1f} → {m['saved_bytes']['total'] / mib:7.1f} MiB "
+        f"({r['saved_total_bytes']:.2f}x)  peak {t['peak_mib']:7.1f} → {m['peak_mib']:7.1f} MiB ({r['peak']:.2f}x)  "
+        f"time {t['seconds']:.3f} → {m['seconds']:.3f} s ({r['time']:.3f}x)  max |Δgrad| {cell['max_grad_diff_float64']:.1e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
