@@ -124,9 +124,10 @@ class CurvatureResult(Mapping[str, Mapping[str, Any]]):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        shown = {m or "(model)": sorted(e) for m, e in list(self._modules.items())[:6]}
-        more = f", … {len(self._modules) - 6} more" if len(self._modules) > 6 else ""
-        return f"CurvatureResult(N={self.n}, loss={float(self.loss):.4g}, modules={shown}{more})"
+        shown = [m or "(model)" for m in list(self._modules)[:4]]
+        more = f", … {len(self._modules) - 4} more" if len(self._modules) > 4 else ""
+        listed = ", ".join(shown) + more
+        return f"CurvatureResult(N={self.n}, loss={float(self.loss):.4g}, quantities={list(self.quantities)}, modules=[{listed}])"
 
 
 def _param_names(curv: Any) -> tuple[str, ...]:
