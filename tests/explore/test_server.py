@@ -161,4 +161,5 @@ def test_script_names_are_escaped_in_the_page() -> None:
 def test_repr_html_embeds_the_static_page_in_an_iframe() -> None:
     explorer = explore(evil_layer(), "vjp_x", serve=False)
     html = explorer._repr_html_()
-    assert html.startswith("<iframe srcdoc=\"") and "<script>alert" not in html and explorer.url is None
+    assert html.startswith("<iframe sandbox='allow-scripts allow-downloads' srcdoc=\"")
+    assert "<script>alert" not in html and "&lt;script" in html and explorer.url is None

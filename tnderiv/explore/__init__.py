@@ -76,7 +76,9 @@ class Explorer:
     def _repr_html_(self) -> str:
         page = html.escape(self.to_html(), quote=True)
         link = f"<p>live page: <a href='{html.escape(self.url)}' target='_blank'>{html.escape(self.url)}</a></p>" if self.url else ""
-        return f"{link}<iframe srcdoc=\"{page}\" style='width:100%;height:900px;border:1px solid #d8dee4;border-radius:8px'></iframe>"
+        # sandboxed: the page runs in its own origin and cannot reach the notebook around it
+        return (f"{link}<iframe sandbox='allow-scripts allow-downloads' srcdoc=\"{page}\" "
+                "style='width:100%;height:900px;border:1px solid #d8dee4;border-radius:8px'></iframe>")
 
     def __repr__(self) -> str:
         where = f"serving at {self.url}" if self.url else "static"

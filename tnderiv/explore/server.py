@@ -87,6 +87,7 @@ class Handler(BaseHTTPRequestHandler):
 
     session: Session
     server_version = "tnderiv-explore"
+    timeout = 30  # seconds a connection may stay idle: a stalled client does not hold a thread forever
     sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature

@@ -249,4 +249,5 @@ def spec_value(value: Any) -> str:
 
 def layer_kinds() -> dict[str, dict[str, str]]:
     """Each layer kind of the spec syntax with its keys and their defaults, as spec text (for the page's controls)."""
-    return {name: {key: spec_value(v) for key, v in sorted(kind.defaults.items())} for name, kind in sorted(LAYER_KINDS.items())}
+    # keys in the order the syntax declares them (in, out, kernel, stride, padding, …), not alphabetically
+    return {name: {key: spec_value(v) for key, v in kind.defaults.items()} for name, kind in sorted(LAYER_KINDS.items())}

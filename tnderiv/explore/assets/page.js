@@ -118,6 +118,7 @@
       }
       const defaults = state.layer_kinds[d.kind] || {};
       for (const key of Object.keys(defaults)) {
+        if (key === "output_padding" && !(conv && conv[1])) continue;  // only meaningful for a transposed convolution
         const row = el("label", { class: "row" }); row.appendChild(el("span", {}, key));
         const value = d.params[key] ?? defaults[key];
         let input;
