@@ -9,13 +9,14 @@ derived diagrams of the layer engine; modules without a spec fall back to ``torc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from tnderiv.calculus.kfac import Approx, BiasMode, parse_loss_average
+from tnderiv.model import vivit
 from tnderiv.model.batch import BatchValues, Options, compute_batch
 from tnderiv.model.columns import Pass, run_model
 from tnderiv.model.loss import FISHERS, ModelLoss
@@ -23,6 +24,7 @@ from tnderiv.model.quantities import GGN, HESSIAN_DIAGONALS, SAMPLE_WISE, needs_
 from tnderiv.model.record import Recorder
 from tnderiv.model.result import CurvatureResult
 from tnderiv.model.units import ParamSelector, owners, select
+from tnderiv.model.vivit import DirectionalDerivatives, GGNEigen
 from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
 
 
@@ -162,6 +164,75 @@ class Curvature:
             run.loss, names, per_param, values.curvature, grads, values.gram, values.rows, run.n, notes,
             divisor=run.divisor, positions=values.positions,
         )
+
+    # ----- the GGN's low-rank structure (ViViT) ----------------------------------------------------------
+    def ggn_eigen(
+        self, x: Any, y: torch.Tensor, k: int | None = None, *, params: Sequence[str] | None = None, subsampling: Sequence[int] | None = None
+    ) -> GGNEigen:
+        """The ``k`` largest eigenpairs (None: all non-zero ones) of the GGN, or of its block over ``params``
+        (canonical names), from the ``[M·N, M·N]`` Gram matrix. ``subsampling``: the samples whose columns
+        estimate the curvature (the estimate is rescaled by ``N / len(subsampling)``, as ViViT does)."""
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k={k!r}: expected an int ≥ 1 or None (all non-zero eigenvalues)")
+        run, found, sqrt, scale = self._columns_for(x, y, params, subsampling)
+        with torch.no_grad(), _no_autocast(run.output):
+            return vivit.ggn_eigen(run, found, sqrt, self.options, k, scale)
+
+    def directional_derivatives(
+        self, x: Any, y: torch.Tensor, directions: Mapping[str, torch.Tensor], *, subsampling: Sequence[int] | None = None
+    ) -> DirectionalDerivatives:
+        """Per-sample ``γ[n, k] = g_nᵀ e_k`` and ``λ[n, k] = e_kᵀ G_n e_k`` along ``directions`` ``{canonical: [K, *p]}``
+        (e.g. ``ggn_eigen(...).eigenvectors``), without forming per-sample gradients of derived layers."""
+        if not isinstance(directions, Mapping) or not directions:
+            raise TypeError("directions must be a non-empty dict {parameter name: [K, *parameter.shape]}")
+        ks = {name: int(t.shape[0]) for name, t in directions.items()}
+        if len(set(ks.values())) != 1:
+            raise ValueError(f"directions have different numbers of directions K per parameter: {ks}")
+        params = dict(self.selection.params)
+        for name, t in directions.items():
+            if name not in params or tuple(t.shape[1:]) != tuple(params[name].shape):
+                expected = list(params[name].shape) if name in params else "a selected parameter"
+                raise ValueError(f"directions[{name!r}] has shape {list(t.shape)}; expected [K, *{expected}]")
+        run, found, sqrt, _ = self._columns_for(x, y, list(directions), subsampling)
+        with torch.no_grad(), _no_autocast(run.output):
+            return vivit.directional_derivatives(run, found, sqrt, self.options, directions)
+
+    def newton_step(
+        self, x: Any, y: torch.Tensor, k: int, damping: float, *, params: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """ViViT's directionally damped Newton step ``−Σ_k (gᵀ e_k) / (λ_k + damping) e_k`` over the top-``k``
+        GGN eigenvectors (of the block over ``params``), per parameter (canonical names)."""
+        eigen = self.ggn_eigen(x, y, k, params=params)
+        derivatives = self.directional_derivatives(x, y, eigen.eigenvectors)
+        return vivit.newton_step(eigen, derivatives, damping)
+
+    def _columns_for(
+        self, x: Any, y: torch.Tensor, params: Sequence[str] | None, subsampling: Sequence[int] | None
+    ) -> tuple[Pass, list[Any], torch.Tensor | None, float]:
+        """Run the batch; the owners of ``params``; square-root columns (zero outside ``subsampling``) and their rescaling."""
+        if self.options.fisher == "forward-only":
+            raise ValueError("fisher='forward-only' has no GGN; use 'type-2', 'mc' or 'empirical'")
+        self._check(("ggn_gram",), False)
+        run = run_model(self.model, self.loss, Recorder(self.selection.record), x, y, {
+            n: p for n, p in self.model.named_parameters() if p.requires_grad})
+        found, _ = owners(self.selection, {name for name, uses in run.uses.items() if uses})
+        found = vivit.restrict(found, params)
+        sqrt, scale = None, 1.0
+        if needs_columns(("ggn_gram",), self.options.fisher):
+            _check_columns_fit(run, self.options)
+            o = self.options
+            sqrt = self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+        if subsampling is not None:
+            idx = sorted(set(int(i) for i in subsampling))
+            if not idx or idx[0] < 0 or idx[-1] >= run.n or len(idx) != len(list(subsampling)):
+                raise ValueError(f"subsampling={list(subsampling)!r}: expected distinct sample indices in [0, {run.n})")
+            mask = torch.zeros(run.n, dtype=torch.bool, device=run.output.device)
+            mask[idx] = True
+            scale = run.n / len(idx)
+            if sqrt is None:
+                raise ValueError("subsampling= needs square-root columns: fisher='type-2' or 'mc'")
+            sqrt = sqrt * mask.reshape(1, -1, *([1] * (sqrt.ndim - 2))).to(sqrt.dtype)
+        return run, found, sqrt, scale
 
     # ----- several batches ---------------------------------------------------------------------------
     def compute_over(
