@@ -10,6 +10,7 @@ from tnderiv.layers import BatchNorm, Conv, DiagramLayer, GroupNorm, InstanceNor
 from tnderiv.model import Curvature, CurvatureResult, ExactCurvature
 from tnderiv.model.memsave import memsave, required_operands
 from tnderiv.plan import PLAN_CACHE, Plan
+from tnderiv.plan.cache import cache_info
 from tnderiv.plan.memory import MemoryBudgetError, get_memory_budget, set_memory_budget
 from tnderiv.simplify import simplify
 
@@ -36,6 +37,7 @@ __all__ = [
     "Plan",
     "RMSNorm",
     "__version__",
+    "cache_info",
     "clear_caches",
     "diagram",
     "evaluate",

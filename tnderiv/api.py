@@ -8,11 +8,12 @@ from typing import Any
 
 from tnderiv.calculus import derive, parse_quantity
 from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
-from tnderiv.layers.base import LayerNetwork, spec_of
+from tnderiv.layers.base import MODULE_SPECS, LayerNetwork, spec_of
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
-from tnderiv.plan.cache import LRUCache
-from tnderiv.plan.compiled import PLAN_CACHE, Plan, get_plan
+from tnderiv.plan.cache import LRUCache, register_cache
+from tnderiv.plan.cache import clear_caches as clear_all_caches
+from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.memory import needs_check
 from tnderiv.plan.optimizers import cache_key
@@ -111,16 +112,16 @@ def _grad_enabled() -> bool:
     return torch.is_grad_enabled()
 
 
-CALL_CACHE: LRUCache[_Call | _EmptyCall] = LRUCache(maxsize=1024)
+CALL_CACHE: LRUCache[_Call | _EmptyCall] = LRUCache(maxsize=512)
+register_cache("calls", "warm calls by (spec, quantity, shapes, dtypes, devices, options): a plan each", lambda: CALL_CACHE, 1)
+register_cache("derivations", "derived diagrams by (layer network, quantity, simplify)", lambda: derive)
+register_cache("module specs", "specs of torch modules and their settings (weak keys: max 0 = one per live module)", lambda: MODULE_SPECS)
 
 
 def clear_caches() -> None:
-    """Forget every compiled plan (the next call of each quantity and shape plans again)."""
-    from tnderiv.api_kfac import clear_kfac_cache
-
-    CALL_CACHE.clear()
-    PLAN_CACHE.clear()
-    clear_kfac_cache()
+    """Forget everything cached (``tnderiv.cache_info()`` lists it): warm calls, compiled plans, prepared KFAC
+    factors, constants on the host and on devices, derived diagrams. The next call of each quantity plans again."""
+    clear_all_caches()
 
 
 def _call_key(

@@ -13,6 +13,7 @@ from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quant
 from tnderiv.calculus.losses import check_loss_inputs, compute_sqrt, sqrt_bytes
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, get_statistic, materialized_half
 from tnderiv.ir import Expression
+from tnderiv.plan.cache import register_cache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
@@ -258,6 +259,9 @@ def _on_materialized(psg_expr: Expression, stat: str) -> Expression:
     result = simplify(STATISTICS[stat].build(materialized_half(psg_expr)))
     assert not isinstance(result, tuple)
     return result  # type: ignore[return-value]
+
+
+register_cache("statistics", "diagrams of statistics on materialized per-sample gradients", lambda: _on_materialized)
 
 
 def _inputs(network: Any, expr: Expression, given: dict[str, Any]) -> dict[str, Any]:

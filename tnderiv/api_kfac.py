@@ -36,7 +36,7 @@ from tnderiv.ir import Diagram, terms_of
 from tnderiv.layers.base import LayerNetwork
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import Bindings, bind_sizes
-from tnderiv.plan.cache import LRUCache
+from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.constants import constant_array
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
@@ -78,6 +78,7 @@ def _two_stage(half: Diagram) -> bool:
 # bound sizes and compiled plans per (factor, shapes, backend, dtype, device, optimizer): a repeated
 # call does no sympy work and no canonical hashing (diagrams are built once, not per call)
 _PREPARED: LRUCache[tuple[Any, ...]] = LRUCache(maxsize=256)
+register_cache("kfac", "KFAC factors prepared: bound sizes and up to 2 plans each", lambda: _PREPARED, 2)
 
 
 def clear_kfac_cache() -> None:

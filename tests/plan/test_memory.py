@@ -24,7 +24,7 @@ def conv_case(seed: int = 0):
 
 def step_sizes(plan: tnderiv.Plan) -> list[int]:
     """Bytes of every intermediate of the plan that runs (a chunk's plan when chunked)."""
-    runs = [piece[2] for piece in plan._chunked.pieces] if plan._chunked is not None else [plan]
+    runs = [plan._chunked._sub_plan(length) for _, length in plan._chunked.pieces] if plan._chunked is not None else [plan]
     return [s.size * 8 for p in runs for s in p.steps() if s.kind != "folded"]
 
 

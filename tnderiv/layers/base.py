@@ -136,6 +136,28 @@ def _settings(module: Any, names: tuple[str, ...]) -> list[Any]:
 _MODULE_SPECS: weakref.WeakKeyDictionary[Any, _Remembered] = weakref.WeakKeyDictionary()
 
 
+class _SpecMemo:
+    """The module → spec memo seen as a cache (``cache_info``/``cache_clear``, like ``functools.lru_cache``)."""
+
+    def cache_info(self) -> tuple[int, int, int, int]:
+        """``(hits, misses, maxsize, currsize)``: hits and misses are not counted; no bound of its own (weak keys)."""
+        return _SpecMemoInfo(0, 0, 0, len(_MODULE_SPECS))
+
+    def cache_clear(self) -> None:
+        _MODULE_SPECS.clear()
+
+
+@dataclass(frozen=True)
+class _SpecMemoInfo:
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+MODULE_SPECS = _SpecMemo()
+
+
 def _is_module(obj: Any) -> bool:
     try:
         import torch.nn

@@ -91,16 +91,18 @@ class ChunkedRun:
         total = plan.bindings.symbols()[symbol]
         chunk = max(1, total * limit // plan.largest_intermediate_bytes)
 
-        def sub_plan(size: int) -> Plan:
+        expr, given, like, optimize, simplify = plan.expr, plan.shapes, plan._like, plan.optimize, plan.simplify
+
+        def sub_plan(size: int) -> Plan:  # not a closure over ``plan``: the parent must not keep itself alive
             shapes = {}
-            for name, shape in plan.shapes.items():
+            for name, shape in given.items():
                 shape = list(shape)
                 if name in axes:
                     shape[axes[name]] = size
                 elif name == OUTPUT and out_axis is not None:
                     shape[out_axis] = size
                 shapes[name] = tuple(shape)
-            return get_plan(plan.expr, shapes, plan._like, plan.optimize, check, simplify=plan.simplify)
+            return get_plan(expr, shapes, like, optimize, check, simplify=simplify)
 
         while True:
             full = sub_plan(chunk)
@@ -115,15 +117,20 @@ class ChunkedRun:
         count = math.ceil(total / chunk)
         rest = total - (count - 1) * chunk
         self.leg, self.axes, self.out_axis = leg, axes, out_axis
-        self.pieces = [(start, chunk, full) for start in range(0, total - rest, chunk)]
-        self.pieces.append((total - rest, rest, full if rest == chunk else sub_plan(rest)))
+        self.pieces = [(start, chunk) for start in range(0, total - rest, chunk)]
+        self.pieces.append((total - rest, rest))
         self.summary = (leg, chunk, count)
+        last = full if rest == chunk else sub_plan(rest)
+        self.peak_memory = max(full.peak_memory, last.peak_memory)
+        # the chunks' plans are looked up in the plan cache on each run (a dictionary look-up per chunk), not
+        # held here: the cache's bound stays the bound on live plans
+        self._sub_plan = sub_plan
 
     def __call__(self, operands: Mapping[str, Any]) -> Any:
         results = []
-        for start, length, sub in self.pieces:
+        for start, length in self.pieces:
             part = {name: _narrow(array, self.axes[name], start, length) if name in self.axes else array for name, array in operands.items()}
-            results.append(sub.run(part))
+            results.append(self._sub_plan(length).run(part))
         if self.out_axis is None:
             total = results[0]
             for r in results[1:]:

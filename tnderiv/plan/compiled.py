@@ -20,7 +20,7 @@ import sympy
 from tnderiv.ir import Diagram, Expression, node_tag, terms_of
 from tnderiv.plan.backends import Backend, backend_of
 from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
-from tnderiv.plan.cache import LRUCache
+from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.constants import device_constant
 from tnderiv.plan.memory import (
     MC_COLUMNS,
@@ -278,7 +278,7 @@ class Plan:
         chunk's result, their concatenation and one chunk's intermediates)."""
         result = math.prod(self.out_shape) * self.term_plans[0].itemsize
         if self._chunked is not None:
-            return 2 * result + max(sub.peak_memory for _, _, sub in self._chunked.pieces)
+            return 2 * result + self._chunked.peak_memory
         return max(self.peak_memory, result)
 
     def check_memory(self, quantity: str = "this plan") -> None:
@@ -467,6 +467,7 @@ def _fused_bias(terms: tuple[TermPlan, ...], out_shape: tuple[int, ...]) -> tupl
 
 
 PLAN_CACHE: LRUCache[Plan] = LRUCache(maxsize=512)
+register_cache("plans", "compiled plans by (diagram, shapes, backend, device, dtype, optimizer, ...)", lambda: PLAN_CACHE, 1)
 
 
 def get_plan(

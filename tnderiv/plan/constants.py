@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tnderiv.ir import Diagram, Node, NodeKind, PaddingMode, PatternParams
+from tnderiv.plan.cache import LRUCache, register_cache
 
 
 def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
@@ -78,8 +79,7 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
-_DEVICE_CONSTANTS: dict = {}
-_DEVICE_LIMIT = 512
+_DEVICE_CONSTANTS: LRUCache[Any] = LRUCache(maxsize=512)
 
 
 def device_constant(node: Node, sizes: Mapping[str, int], backend: Any, like: Any) -> Any:
@@ -90,11 +90,11 @@ def device_constant(node: Node, sizes: Mapping[str, int], backend: Any, like: An
 
 
 def device_cached(key: Any, build: Any) -> Any:
-    """A device array cached under ``key`` (constants and folded constant-only steps; bounded, oldest dropped first)."""
-    value = _DEVICE_CONSTANTS.get(key)
-    if value is None:
-        value = build()
-        if len(_DEVICE_CONSTANTS) >= _DEVICE_LIMIT:
-            _DEVICE_CONSTANTS.pop(next(iter(_DEVICE_CONSTANTS)))
-        _DEVICE_CONSTANTS[key] = value
-    return value
+    """A device array cached under ``key`` (constants and folded constant-only steps; bounded, least recently used dropped)."""
+    return _DEVICE_CONSTANTS.get_or_build(key, build)
+
+
+register_cache("constants", "constants on the device (index patterns, copy tensors, folded steps)", lambda: _DEVICE_CONSTANTS)
+register_cache("patterns", "index patterns Π on the host (numpy)", lambda: pattern_array)
+register_cache("folded", "folded constant-only networks on the host (numpy)", lambda: folded_array)
+register_cache("deltas", "copy tensors on the host (numpy)", lambda: delta_array)

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from tnderiv.ir import Node
+from tnderiv.plan.cache import register_cache
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,6 @@ def leg_array(array: Any, layout: LegLayout) -> Any:
     strides = tuple(array.stride(axis) * step for axis, step in layout.steps)
     offset = array.storage_offset() + sum(o * array.stride(axis) for axis, o in enumerate(layout.offsets))
     return array.as_strided(layout.shape, strides, offset)
+
+
+register_cache("layouts", "how operands' legs read the user's tensors, per node and sizes", lambda: _layout)
