@@ -114,13 +114,22 @@ class Curvature:
         coupled = [(n, m) for n, m in self.model.named_modules() if _couples_samples(m)]
         if coupled:
             name, module = coupled[0]
-            sample_wise = [q for q in names if q in SAMPLE_WISE]
+            # the empirical Fisher's columns are per-sample gradients: undefined when samples are coupled
+            sample_wise = [q for q in names if q in SAMPLE_WISE or (fisher == "empirical" and q in GGN)]
             if sample_wise or needs_columns(names, fisher):
                 what = sample_wise or [q for q in names if q in GGN or q == "kfac"]
                 raise ValueError(
                     f"{what} are not defined for this model: module {name} ({type(module).__name__}) is in train mode and "
                     "couples the samples of a batch; put it in eval mode, or ask for batch-level quantities "
                     "('grad', 'kfac' with fisher='empirical' or 'forward-only')"
+                )
+            selected = {id(p) for p in self.selection.params.values()}
+            held = [(n, m) for n, m in coupled if any(id(p) in selected for p in m.parameters(recurse=False))]
+            if "kfac" in names and held:
+                name, module = held[0]
+                raise ValueError(
+                    f"'kfac' is not defined for module {name} ({type(module).__name__}): it is in train mode and couples the "
+                    "samples of a batch; put it in eval mode, or exclude its parameters with params="
                 )
         return names
 
