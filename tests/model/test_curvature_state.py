@@ -108,12 +108,24 @@ def test_hooks_removed_when_compute_raises() -> None:
     with pytest.raises(ValueError, match="y has shape"):  # raised after the forward ran
         curv.compute(torch.randn(4, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.long), ("ggn_diag",))
     assert _state(model) == before
-    with pytest.raises(ValueError, match="not defined"):  # a module mixing samples, found in the fallback
-        model.a.train()
-        Curvature(torch.nn.Sequential(torch.nn.BatchNorm1d(3), model).double(), torch.nn.CrossEntropyLoss()).compute(
+    mixing = torch.nn.Sequential(Centered(), model)  # raises in the fallback, after the forward and backward
+    before = _state(mixing)
+    with pytest.raises(ValueError, match="does not act on each sample separately"):
+        Curvature(mixing, torch.nn.CrossEntropyLoss()).compute(
             torch.randn(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long), ("per_sample_grad",)
         )
-    assert _state(model) == before
+    assert _state(mixing) == before
+
+
+class Centered(torch.nn.Module):
+    """A custom module with a parameter that mixes the samples of a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(0)) * self.scale
 
 
 def test_user_hooks_survive_and_run() -> None:
