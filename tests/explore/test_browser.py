@@ -123,6 +123,20 @@ def test_an_invalid_setting_shows_the_library_error(browser, served) -> None:
     WebDriverWait(browser, WAIT).until(lambda d: not d.find_element(By.ID, "error").is_displayed())
 
 
+def test_simplify_off_shows_the_raw_diagram_and_on_the_strip(browser, served) -> None:
+    nodes = len(browser.find_elements(By.CSS_SELECTOR, "#diagram svg g[data-node]"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#strip svg")  # simplify on: the derivation strip
+    before = text(browser, "expression")
+    browser.find_element(By.ID, "simplify").click()
+    WebDriverWait(browser, WAIT).until(replanned(browser, before))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#strip svg") and "simplify is off" in text(browser, "strip-title")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#diagram svg g[data-node]")) > nodes  # the δ's the rules remove
+    before = text(browser, "expression")
+    browser.find_element(By.ID, "simplify").click()
+    WebDriverWait(browser, WAIT).until(replanned(browser, before))
+    assert "rewrites" in text(browser, "strip-title")
+
+
 def test_exported_path_is_accepted_and_matches_torch(browser, served) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr")
     rows[-1].click()

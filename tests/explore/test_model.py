@@ -16,6 +16,8 @@ CASES = [
     ("conv2d:stride=2,padding=1,groups=2", "vjp_x", {"N": 2, "I0": 9, "I1": 8}),
     ("conv1d:kernel=2,stride=2", "per_sample_grad", {"N": 3, "I0": 8}),
     ("linear:shared=1", "vjp_weight", {"N": 2, "S0": 5}),
+    ("conv1d:padding=same,padding_mode=reflect", "kfac_input_expand", {"N": 2, "I0": 6}),
+    ("conv_transpose2d:stride=2,dilation=2", "vjp_weight", {"N": 2, "I0": 4, "I1": 3}),
 ]
 
 
@@ -147,3 +149,13 @@ def test_invalid_hyperparameter_raises_the_library_error() -> None:
         build_report(make_target("conv2d"), Settings(spec="conv2d:in=3,groups=2", quantity="vjp_weight"))
     with pytest.raises(ValueError, match="unknown layer"):
         build_report(make_target("conv2d"), Settings(spec="conv9d", quantity="vjp_weight"))
+
+
+def test_a_diagram_is_its_own_quantity() -> None:
+    d = tnderiv.diagram(tnderiv.Linear(3, 4), "vjp_weight")
+    explorer = tnderiv.explore(d, serve=False)
+    report = explorer.report()
+    assert report["editable"] is False and report["quantities"] == [] and report["settings"]["quantity"] is None
+    assert report["candidates"][0]["export"]["json"]["optimize"] is not None
+    with pytest.raises(ValueError, match="a diagram is its own quantity"):
+        tnderiv.explore(d, "vjp_x", serve=False)

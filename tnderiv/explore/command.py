@@ -52,10 +52,12 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def run_explore(args: argparse.Namespace) -> int:
     """Carry out ``tnderiv explore``; returns the exit status."""
-    from tnderiv.explore import Explorer, ExplorerServer, Session, initial_settings
+    from tnderiv.explore import Explorer, ExplorerServer, Session, check_host, initial_settings
     from tnderiv.explore.settings import Settings, make_target
 
     try:
+        if not args.static:
+            check_host(args.host)  # a non-loopback address is refused before any work
         target = make_target(args.spec)
         settings = initial_settings(target, args.quantity, parse_shapes(args.shapes))
         if args.no_simplify:

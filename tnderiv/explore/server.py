@@ -57,6 +57,8 @@ class Session:
         self.target, self.settings = target, settings
         self._reports: OrderedDict[Settings, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        # one derivation, plan or measurement at a time: the library's caches are not built for threads
+        self._work = threading.Lock()
 
     def report(self, settings: Settings) -> dict[str, Any]:
         with self._lock:
@@ -65,7 +67,8 @@ class Session:
                 return self._reports[settings]
         from tnderiv.explore.model import build_report
 
-        report = build_report(self.target, settings)
+        with self._work:
+            report = build_report(self.target, settings)
         with self._lock:
             self._reports[settings] = report
             while len(self._reports) > 32:
@@ -78,7 +81,8 @@ class Session:
         rows = {row["id"]: row for row in self.report(settings)["candidates"]}
         if candidate not in rows:
             raise ValueError(f"candidate={candidate!r}: expected one of {sorted(rows)}")
-        result = measure(self.target, settings, rows[candidate]["optimize"])
+        with self._work:
+            result = measure(self.target, settings, rows[candidate]["optimize"])
         return {"candidate": candidate, **result}
 
 
