@@ -76,8 +76,9 @@ def ggn_eigen(run: Pass, owners: Sequence[Owner], sqrt: torch.Tensor, opts: Opti
     """The ``k`` largest eigenpairs (None: all non-zero ones) of ``scale · V Vᵀ`` over the owners' parameters."""
     gram = compute_batch(run, owners, ("ggn_gram",), sqrt, opts).gram
     m, n = gram.shape[0], gram.shape[1]
-    evals, evecs = torch.linalg.eigh(gram.reshape(m * n, m * n))
-    evals, evecs = evals.flip(0), evecs.flip(1)
+    # the Gram matrix is small ([M·N, M·N]) and often ill-conditioned: decompose it in float64
+    evals, evecs = torch.linalg.eigh(gram.reshape(m * n, m * n).double())
+    evals, evecs = evals.flip(0).to(gram.dtype), evecs.flip(1).to(gram.dtype)
     tol = evals[0].abs() * m * n * torch.finfo(evals.dtype).eps if evals.numel() else 0.0
     keep = int((evals > tol).sum())
     if k is not None:
