@@ -96,6 +96,8 @@ def compute_over(curv: Any, batches: Iterable[tuple[Any, torch.Tensor]], quantit
     like = next(iter(curv.selection.params.values()))
     totals = _all_reduce(torch.tensor([loss_sum, float(d_local), float(n_local)], dtype=torch.float64, device=like.device), group)
     d, n = float(totals[1]), int(totals[2])
+    if curv.loss.reduction == "sum":  # each batch's divisor is 1, and so is the concatenation's (not the batch count)
+        d = 1.0
     values: dict[str, dict[str, Any]] = {}
     for q, per in sums.items():
         for key, t in per.items():
