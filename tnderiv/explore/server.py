@@ -4,7 +4,7 @@ Routes (everything else: a 4xx JSON error, never a traceback):
 
 - ``GET /``: the page, with the first report inlined.
 - ``POST /api/plan``: body ``{"spec"?, "quantity"?, "sizes"?, "simplify"?, "term"?}`` → the report.
-- ``POST /api/measure``: the same keys plus ``"candidate": "c0"`` → ``{"median_s", "repeats", "device"}``.
+- ``POST /api/measure``: the same keys plus ``"candidate": "c0"`` → ``{"best_s", "median_s", "repeats", "device"}``.
 
 Requests must be ``application/json``, at most ``MAX_BODY`` bytes, carry this server's own ``Host``
 and (when sent) ``Origin``; the server parses settings and never runs code from a request.

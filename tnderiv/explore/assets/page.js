@@ -258,7 +258,9 @@
     catch (e) { result = { ok: false, data: { error: "the explorer server does not answer" } }; }
     clear(cell);
     if (result.ok) {
-      cell.appendChild(el("span", { class: "measured", title: result.data.repeats + " runs on " + result.data.device_name + ", median" }, seconds(result.data.median_s)));
+      const r = result.data;
+      cell.appendChild(el("span", { class: "measured", title: "fastest of " + r.repeats + " runs on " + r.device_name +
+        "; median " + seconds(r.median_s) }, seconds(r.best_s)));
     } else {
       cell.appendChild(el("span", { class: "muted" }, "failed"));
       showError(result.data.error || "measurement failed");
@@ -328,6 +330,8 @@
 
   function renderPlot(c) {
     const box = $("plot"); clear(box);
+    box.hidden = c.steps.length === 0;
+    if (box.hidden) return;
     const W = Math.max(box.clientWidth || 640, 320), H = 150, left = 46, right = 8, top = 14, bottom = 22;
     const svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
       "aria-label": "intermediate size per step (elements, log scale)" });
