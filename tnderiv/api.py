@@ -212,8 +212,7 @@ def _build_call(
         shapes.update({name: tuple(derived[name].shape) for name in network.derived if name in derived})
     missing = [name for name in needed if name not in shapes]
     if missing:
-        args = ", ".join(f"{name}=..." for name in missing)
-        raise ValueError(f"{quantity} of {type(layer).__name__} needs {args}")
+        raise ValueError(_missing_message(quantity, spec, missing))
     if like is None:
         raise ValueError(f"{quantity} needs at least one tensor")
     plan_shapes = {name: shapes[name] for name in needed}
@@ -223,6 +222,15 @@ def _build_call(
         return _EmptyCall(*empty_value(expr, plan_shapes, network.check_sizes), prepare)
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
     return _Call(tuple(needed), plan, prepare, f"{quantity} of {spec}")
+
+
+def _missing_message(quantity: str, spec: Any, missing: list[str]) -> str:
+    """What a call lacks, and how to give it (a spec's bias is on by default, as in torch)."""
+    args = ", ".join(f"{name}=<tensor>" for name in missing)
+    message = f"{quantity} of {spec} needs {args}"
+    if "bias" in missing and getattr(spec, "bias", None) is True:
+        message += f"; {type(spec).__name__} specs have a bias unless made with bias=False (like torch): pass bias=, or use bias=False"
+    return message
 
 
 def _forward_axes(network: LayerNetwork, name: str) -> tuple[tuple[str, ...], ...] | None:

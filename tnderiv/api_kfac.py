@@ -534,7 +534,9 @@ def kfac_factors_output(
     unreduced: bool = False,
     optimize: Any = "auto",
 ) -> Any:
-    """The output-side factor ``G`` ``[G, d_out, d_out]`` from ``grad_out``.
+    """The output-side factor ``G`` ``[G, d_out, d_out]``; by default ``N · Σ g gᵀ`` (``grad_out`` is taken as the gradient of a batch-mean loss).
+
+    For the gradient of a sum-reduced loss (or a raw ``grad_out``), pass ``loss_average=None``: ``G = Σ g gᵀ``.
 
     ``grad_out`` is either the gradient of the loss w.r.t. the layer output ``[N, *output]`` (empirical
     Fisher; MC Fisher with sampled labels): ``G = c Σ g gᵀ`` with ``c`` = 1, ``N`` or ``N·S`` for
@@ -582,7 +584,11 @@ def kfac(
     optimize: Any = "auto",
     **operands: Any,
 ) -> KFAC:
-    """KFAC of the layer's parameters from its input ``x`` and ``grad_out`` (see ``kfac_factors_output``).
+    """KFAC from ``x`` and ``grad_out``; by default ``G = N · Σ g gᵀ``: ``grad_out`` is taken as the gradient of a batch-mean loss.
+
+    ``loss_average="batch"`` (the default) scales ``G`` by ``N`` to undo the ``1/N`` a mean-reduced loss put
+    in every ``g``; for the gradient of a sum-reduced loss (or a raw ``grad_out``) pass ``loss_average=None``.
+    A loss-Hessian square root ``[M, N, *output]`` needs no scale (see ``kfac_factors_output``).
 
     Returns a ``KFAC`` with ``A``, ``G`` (and ``A_bias``, ``G_bias`` for ``bias="separate"``), ``matvec``,
     ``to_dense`` and ``inverse(damping)``. It approximates the curvature of the loss as reduced, with

@@ -118,17 +118,22 @@ def bind_sizes(
             for axis, (value, legs) in enumerate(zip(shape, axes)):
                 expected = math.prod(_strict_value(bindings, sizes[leg]) for leg in legs)
                 if expected is not None and expected != int(value):
-                    formula = " · ".join(str(sizes[leg]) for leg in legs)
-                    given = ", ".join(f"{s}={v}" for s, v in sorted(bindings.symbols().items(), key=lambda kv: str(kv[0])))
-                    raise ValueError(
-                        f"{name} has shape {tuple(shape)}: axis {axis} ({' '.join(legs)}) is {value}, expected "
-                        f"{expected} = {formula}" + (f" with {given}" if given else "")
-                    )
+                    raise ValueError(f"{name} has shape {tuple(shape)}: axis {axis} ({' '.join(legs)}) is {value}, expected {expected}" + _why(legs, sizes, expected, bindings))
     for term in terms_of(expr):
         for leg, size in term.sizes.items():
             if bindings.value(size) < least:
                 raise ValueError(f"leg {leg} gets size {bindings.value(size)} = {size}: impossible output size")
     return bindings
+
+
+def _why(legs: tuple[str, ...], sizes: Mapping[str, sympy.Expr], expected: int, bindings: Bindings) -> str:
+    """Where an expected size comes from: its formula and the sizes it uses (nothing for a fixed size, e.g. a layer's channels)."""
+    formula = " · ".join(str(sizes[leg]) for leg in legs)
+    if formula == str(expected):
+        return f" (the layer's {' '.join(legs)})"
+    used = set().union(*(sizes[leg].free_symbols for leg in legs))
+    given = ", ".join(f"{s}={v}" for s, v in sorted(bindings.symbols().items(), key=lambda kv: str(kv[0])) if s in used)
+    return f" = {formula}" + (f" with {given}" if given else "")
 
 
 def _solve_symbols(bindings: Bindings, least: int = 1) -> None:

@@ -21,9 +21,9 @@ def require_tool(name: str, purpose: str) -> str:
     return found
 
 
-def compile_pdf(document: str, *, timeout: float = 120.0) -> bytes:
+def compile_pdf(document: str, *, timeout: float = 120.0, purpose: str = "writing PDF") -> bytes:
     """Compile a LaTeX ``document`` with ``pdflatex`` and return the PDF; raises with the log's error lines."""
-    pdflatex = require_tool("pdflatex", "writing PDF")
+    pdflatex = require_tool("pdflatex", purpose)
     with tempfile.TemporaryDirectory(prefix="tnderiv-") as tmp:
         source = Path(tmp) / "picture.tex"
         source.write_text(document, encoding="utf-8")
@@ -62,7 +62,10 @@ def write(path: str | Path, *, tex_standalone: str, svg: str, dpi: int = 300) ->
         target.write_text(tex_standalone, encoding="utf-8")
     elif suffix == ".svg":
         target.write_text(svg, encoding="utf-8")
+    elif suffix == ".pdf":
+        target.write_bytes(compile_pdf(tex_standalone))
     else:
-        pdf = compile_pdf(tex_standalone)
-        target.write_bytes(pdf if suffix == ".pdf" else rasterize_pdf(pdf, dpi=dpi))
+        # a PNG is rasterized from the PDF: both tools are checked before anything runs, the error says PNG
+        require_tool("pdftoppm", "writing PNG")
+        target.write_bytes(rasterize_pdf(compile_pdf(tex_standalone, purpose="writing PNG (LaTeX → PDF → PNG)"), dpi=dpi))
     return target
