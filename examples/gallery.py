@@ -91,7 +91,7 @@ def page(run: Run) -> str:
         lines += ['!!! note "Not executed in this build"', "    `TNDERIV_DOCS_EXAMPLES=skip`: the output is left out.", ""]
     for name in run.files:
         if name.endswith(IMAGES):
-            lines += [f"![{name}]({run.name}/{name})", ""]
+            lines += [f"[![{name}]({run.name}/{name})]({run.name}/{name})", ""]
     others = [n for n in run.files if not n.endswith(IMAGES)]
     if others:
         lines += ["Files: " + " · ".join(f"[`{n}`]({run.name}/{n})" for n in others), ""]

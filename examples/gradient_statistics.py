@@ -1,10 +1,13 @@
 """Cockpit-style gradient statistics over training steps.
 
 Cockpit-like instruments need more than the mini-batch gradient: the norms of the per-sample
-gradients and their variance. `tnderiv.grad_stats` computes them for one layer from its input and
-the gradient at its output, without materializing the per-sample gradients where contracting
-is cheaper. Hooks collect inputs and output gradients of every layer during ordinary SGD training;
-each step then records
+gradients and their inner products. `tnderiv.grad_stats` computes them for one layer from its input
+and the gradient at its output, without materializing the per-sample gradients where contracting
+is cheaper. This example tracks them over 30 steps of SGD on a small CNN, with Cockpit's
+batch-size tests, and plots them.
+
+Hooks collect inputs and output gradients of every layer during ordinary SGD training; each step
+then records
 
 - the mini-batch gradient norm `‖ḡ‖` and the spread of the per-sample gradient norms `‖g_n‖`
   (`batch_l2`, summed over layers and parameters),

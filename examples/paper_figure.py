@@ -3,7 +3,7 @@
 The weight VJP of a strided convolution, as derived by graph surgery (cut the weight, attach
 `grad_out`), then simplified rule by rule: `tnderiv.simplify(raw, trace=True)` on the unsimplified diagram
 records every rewrite, and the render API draws the derivation as a strip of panels with the
-rule's name under each arrow.
+rule's name under each arrow (`per_row=2`: two panels a row).
 
 `tnderiv.render.to_tikz` gives a `tikzpicture` with its `\\tikzset` styles to `\\input` in a paper
 (only the `tikz` package is needed), `standalone=True` a whole document that `pdflatex` compiles to
@@ -41,13 +41,13 @@ assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs
 print(f"\nits weight VJP {list(got.shape)} matches torch.autograd")
 
 with open("derivation.svg", "w") as f:
-    f.write(render.to_svg(derivation))
+    f.write(render.to_svg(derivation, per_row=2))
 with open("derivation.tex", "w") as f:
-    f.write(render.to_tikz(derivation))
+    f.write(render.to_tikz(derivation, per_row=2))
 with open("derivation_standalone.tex", "w") as f:
-    f.write(render.to_tikz(derivation, standalone=True))
+    f.write(render.to_tikz(derivation, standalone=True, per_row=2))
 if shutil.which("pdflatex"):
-    render.save(derivation, "derivation.pdf")
+    render.save(derivation, "derivation.pdf", per_row=2)
     print("\nderivation.pdf compiled with pdflatex")
 else:
     print("\npdflatex is not installed: derivation.pdf is skipped (the .tex files compile with it)")

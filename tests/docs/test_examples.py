@@ -64,6 +64,6 @@ def test_gallery_page_shows_output_figures_and_source() -> None:
     run_ = gallery.Run("plan_candidates", "the table\n", {"candidates.png": b"\x89PNG", "notes.tex": b"x"}, 1.5)
     page = gallery.page(run_)
     assert page.startswith("# A plan and its candidates\n")
-    assert "![candidates.png](plan_candidates/candidates.png)" in page
+    assert "[![candidates.png](plan_candidates/candidates.png)](plan_candidates/candidates.png)" in page
     assert "[`notes.tex`](plan_candidates/notes.tex)" in page
     assert "```text\nthe table\n```" in page and "```python\n" in page and '"""' not in page
