@@ -142,6 +142,20 @@ def test_measure_route_times_a_candidate(served) -> None:
     assert_json_error(response, data, 400, "candidate='c99'")
 
 
+def test_measuring_refuses_what_would_not_fit(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = {"spec": "conv1d", "quantity": "vjp_weight", "sizes": {"N": 4096, "I0": 4096}}
+    response, data = post_json(served, "/api/measure", {**big, "candidate": "c0"})
+    elements = 4096 * 2 * 4096 + 4096 * 2 * (4096 - 2)  # x and grad_out of a 3-tap convolution
+    assert_json_error(response, data, 400, f"operands of {elements:,} elements")
+    from tnderiv.explore import measure as measure_module
+
+    report = json.loads(post_json(served, "/api/plan", {"spec": "conv1d", "quantity": "vjp_weight"})[1])
+    row = max(report["candidates"], key=lambda c: c["peak_memory"])
+    monkeypatch.setattr(measure_module, "MAX_BYTES", row["peak_memory"] - 1)
+    response, data = post_json(served, "/api/measure", {"spec": "conv1d", "quantity": "vjp_weight", "candidate": row["id"]})
+    assert_json_error(response, data, 400, f"need {row['peak_memory']:,} bytes at once")
+
+
 def evil_layer() -> tnderiv.DiagramLayer:
     forward = Diagram((operand("x", "n", EVIL), operand(EVIL, "o", EVIL)), ("n", "o"), {"n": "N", EVIL: 3, "o": 4})
     return tnderiv.DiagramLayer(forward, inputs=("x",), params=(EVIL,))

@@ -12,6 +12,7 @@ from tnderiv.explore.settings import Settings, Target, resolve
 from tnderiv.plan.bind import OUTPUT
 
 MAX_ELEMENTS = 1 << 25  # operands of more elements than this are not allocated for a measurement
+MAX_BYTES = 1 << 30  # nor orders whose intermediates need more than this at once
 BUDGET_S = 0.3  # time spent repeating one measurement
 
 
@@ -28,6 +29,9 @@ def measure(target: Target, settings: Settings, optimize: Any) -> dict[str, Any]
         raise ValueError(f"operands of {total:,} elements: the explorer measures up to {MAX_ELEMENTS:,} (make the sizes smaller)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = plan_of(term, shapes, optimize=optimize, device=device)
+    if plan.peak_memory > MAX_BYTES:
+        raise ValueError(f"this order's intermediates need {plan.peak_memory:,} bytes at once: the explorer measures up to "
+                         f"{MAX_BYTES:,} (make the sizes smaller or pick an order with a smaller peak)")  # fmt: skip
     generator = torch.Generator(device=device).manual_seed(0)
     tensors = {name: torch.randn(shape, generator=generator, device=device) for name, shape in operands.items()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
