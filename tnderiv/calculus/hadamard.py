@@ -66,7 +66,22 @@ def hadamard_vjp(network: LayerNetwork, wrt: str) -> Expression:
     contracted = glue(hadamard_square(jac), diag, shared=out_legs, open_legs=wrt_legs)
     regrouped = make_sum(term.replace(open_groups=_groups(tuple(len(g) for g in wrt_groups))) for term in terms_of(contracted))
     assert regrouped is not None
-    return squared_operands(_simplified(regrouped))
+    names = tuple(leg for group in network.operand_groups(wrt) for leg in group) if wrt not in network.linearized else wrt_legs
+    return _named(squared_operands(_simplified(regrouped)), names)
+
+
+def _named(expr: Expression, names: tuple[str, ...]) -> Expression:
+    """The result's open legs renamed to the operand's own leg names (``c_in'`` → ``c_in``), summed legs moved aside."""
+    out = []
+    for term in terms_of(expr):
+        if len(names) != len(term.open_legs):
+            return expr
+        clash = {leg: term.fresh_leg(leg + "'", taken=names) for leg in term.summed_legs if leg in names}
+        term = term.rename(clash) if clash else term
+        out.append(term.rename({a: b for a, b in zip(term.open_legs, names) if a != b}))
+    result = make_sum(out)
+    assert result is not None
+    return result
 
 
 def squared_operands(expr: Expression) -> Expression:
