@@ -66,9 +66,10 @@ def test_page_is_served_with_a_strict_policy(served) -> None:
     response, data = request(served, "GET", "/")
     assert response.status == 200 and response.getheader("Content-Type").startswith("text/html")
     policy = response.getheader("Content-Security-Policy")
-    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "unsafe-inline'" not in policy.split("style-src")[0]
+    nonce = policy.split("'nonce-", 1)[1].split("'", 1)[0]
     page = data.decode()
-    assert 'data-mode="server"' in page
+    assert 'data-mode="server"' in page and f'<script nonce="{nonce}">' in page
     for external in ("<script src", "src=\"http", "href=\"http", "@import", "url(http"):  # every asset is inline
         assert external not in page
 

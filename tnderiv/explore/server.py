@@ -20,7 +20,7 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from tnderiv.explore.page import page_html
+from tnderiv.explore.page import render_page
 
 if TYPE_CHECKING:
     from tnderiv.explore.settings import Settings, Target
@@ -132,12 +132,13 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path != "/":
             raise RequestError(404, f"no route GET {path}; the page is at /")
-        body = page_html(self.session.report(self.session.settings), mode="server").encode()
+        page, policy = render_page(self.session.report(self.session.settings), mode="server")
+        body = page.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
-                         "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; frame-ancestors 'none'")  # fmt: skip
+        # the page's own policy (with its script's nonce) again as a header, where frame-ancestors also counts
+        self.send_header("Content-Security-Policy", policy + "; frame-ancestors 'none'")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
