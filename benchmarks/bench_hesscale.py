@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -251,8 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--only", nargs="+", choices=sorted({**PROBLEMS, **COST_ONLY}), help="a subset of the problems")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output (default {OUT.relative_to(ROOT)})")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the Markdown tables of a results file and exit")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return
     settings = pin_settings("cpu", args.threads, tf32=False)
+    load_before = os.getloadavg()
     start = time.perf_counter()
     results: dict[str, Any] = {}
     for name in args.only or [*PROBLEMS, *COST_ONLY]:
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.machine(),
         "settings": settings,
         "run_seconds": round(time.perf_counter() - start, 1),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0], "cpus": os.cpu_count()},
         "problems": {name: _describe(name) for name in results},
         "results": results,
     }
@@ -277,10 +284,60 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
 
 
+LABELS = {
+    "gradient": "gradient step (forward, loss, backward)",
+    "bl89": "BL89 (`method=\"bl89\"`)",
+    "hesscale": "HesScale (`method=\"hesscale\"`)",
+    "hesscale_gn": "HesScaleGN (`method=\"hesscale_gn\"`)",
+    "ggn_exact": "exact GGN diagonal (torch.func, per-sample `Jᵀ S`)",
+    "ggn_mc": "MC GGN diagonal, 1 sample (torch.func)",
+    "hutchinson": "Hutchinson `v ⊙ Hv`, 1 probe",
+    "exact_hessian": "exact Hessian diagonal (`torch.func.hessian` per tensor)",
+    "backpack_ggn_exact": "BackPACK `DiagGGNExact`",
+    "backpack_ggn_mc": "BackPACK `DiagGGNMC(mc_samples=1)`",
+    "backpack_diag_hessian": "BackPACK `DiagHessian`",
+}
+
+
+def table(report: dict[str, Any]) -> str:
+    """Markdown: one table of errors and costs per problem."""
+    lines = []
+    for name, result in report["results"].items():
+        cost, err = result["costs"], result.get("errors")
+        lines += [f"**{name}** — {report['problems'][name]}, {cost['params']} parameters", ""]
+        if err is not None:
+            lines += ["| method | L1 / Σ\|diag H\| (mean ± std) | L1 | cost ÷ gradient |", "|---|---|---|---|"]
+        else:
+            lines += ["| method | cost ÷ gradient |", "|---|---|"]
+        for key, ratio in cost["relative_to_gradient"].items():
+            label = LABELS.get(key, key)
+            if err is None:
+                lines.append(f"| {label} | {ratio:.2f} |")
+            elif key in err["l1_normalized"]:
+                lines.append(
+                    f"| {label} | {err['l1_normalized'][key]:.4f} ± {err['l1_normalized_std'][key]:.4f} "
+                    f"| {err['l1'][key]:.3g} | {ratio:.2f} |"
+                )
+            else:
+                lines.append(f"| {label} | — | — | {ratio:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _describe(name: str) -> str:
     make, shape, size = {**PROBLEMS, **COST_ONLY}[name]
-    layers = ", ".join(str(m) for m in make())
-    return f"Sequential({layers}) on inputs [{size}, {', '.join(map(str, shape))}]"
+    layers = " → ".join(_short(m) for m in make())
+    return f"{layers} on inputs [{size}, {', '.join(map(str, shape))}]"
+
+
+def _short(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}→{module.out_features})"
+    if isinstance(module, nn.Conv2d):
+        return f"Conv2d({module.in_channels}→{module.out_channels}, {module.kernel_size[0]}×{module.kernel_size[1]}, padding {module.padding[0]})"
+    if isinstance(module, nn.MaxPool2d):
+        return f"MaxPool2d({module.kernel_size})"
+    return type(module).__name__
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
