@@ -156,10 +156,16 @@ class _timed:
         self.row.seconds += time.perf_counter() - self.start
 
 
+def _layer_x(run: Pass, owner: Owner, i: int) -> torch.Tensor:
+    """The input ``x`` of call ``i`` of an engine layer."""
+    return _stat_dtype(run.uses[owner.name][i].x.detach())
+
+
 def _layer_inputs(run: Pass, owner: Owner, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, grad_out)`` of call ``i`` of an engine layer (zeros for an output the loss does not depend on)."""
     use = run.uses[owner.name][i]
     g = run.grads_out[(owner.name, i)][0]
-    x = _stat_dtype(use.x.detach())
+    x = _layer_x(run, owner, i)
     g = torch.zeros_like(x.new_empty(use.outputs[0].shape)) if g is None else _stat_dtype(g)
     return x, g
 
@@ -338,7 +344,7 @@ def rebuild_kfac(k: Any, **factors: Any) -> Any:
 def _materialized_cols(owner: Owner, i: int, local: str, run: Pass, cols: dict[Key, list[Any]], fallback: Any) -> torch.Tensor:
     key = (owner.name, i)
     if owner.engine:
-        x, _ = _layer_inputs(run, owner, i)
+        x = _layer_x(run, owner, i)
         s = cols[key][0]
         if s is None:
             s = x.new_zeros(1, *run.uses[owner.name][i].outputs[0].shape)

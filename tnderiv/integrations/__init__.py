@@ -1,0 +1,1 @@
+"""Plug-ins for the systems our users run (laplace-torch); each imports its system only when imported."""
