@@ -28,7 +28,7 @@ import torch.nn as nn
 from tnderiv.model.hesscale_loss import loss_spec, output_sqrt
 from tnderiv.model.hesscale_modules import Role, Step, flatten_model, mark_elementwise
 from tnderiv.model.hesscale_steps import (
-    Curvature,
+    OutputCurvature,
     avg_pool_input,
     diagonal_input,
     elementwise_input,
@@ -77,7 +77,7 @@ def hessian_diagonal(
     grads = _output_grads(loss, steps, outputs, lowest, need_grads)
 
     sqrt = output_sqrt(spec, outputs[-1], y)
-    curv = Curvature(sqrt=sqrt) if exact else Curvature(diag=(sqrt**2).sum(0))
+    curv = OutputCurvature(sqrt=sqrt) if exact else OutputCurvature(diag=(sqrt**2).sum(0))
     result: dict[str, dict[str, torch.Tensor]] = {}
     for i in range(len(steps) - 1, lowest - 1, -1):
         step, inp, out = steps[i], inputs[i], outputs[i]
@@ -91,7 +91,7 @@ def hessian_diagonal(
     return loss_value, {path: result[path] for path in sorted(result, key=_order(steps))}
 
 
-def _backward(step: Step, inp: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None, curv: Curvature) -> Curvature:
+def _backward(step: Step, inp: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None, curv: OutputCurvature) -> OutputCurvature:
     """The curvature at the module's input from the curvature at its output."""
     if step.role is Role.LAYER:
         with torch.no_grad():

@@ -26,7 +26,7 @@ from tnderiv.model.hesscale_modules import ELEMENTWISE_TYPES, avg_pool_as_conv
 
 
 @dataclass(frozen=True)
-class Curvature:
+class OutputCurvature:
     """The curvature at a module's output: exact (``sqrt``, ``extra``) or diagonal (``diag``); see the module docstring."""
 
     diag: torch.Tensor | None = None
@@ -64,19 +64,19 @@ def hadamard_vjp(layer: object, wrt: str, diag_out: torch.Tensor, x: torch.Tenso
     return run_quantity(layer, quantity, tensors, output_shape=shape)
 
 
-def layer_param_diagonals(module: nn.Module, x: torch.Tensor, curv: Curvature, names: list[str]) -> dict[str, torch.Tensor]:
+def layer_param_diagonals(module: nn.Module, x: torch.Tensor, curv: OutputCurvature, names: list[str]) -> dict[str, torch.Tensor]:
     """``{name: Σ_{n,out} d[n, out] (∂out/∂θ)²}`` for the named parameters of a Linear/Conv module."""
     params = {name: p.detach() for name, p in module.named_parameters()}
     d = curv.diagonal()
     return {name: hadamard_vjp(module, name, d, x, params) for name in names}
 
 
-def layer_input(module: nn.Module, x: torch.Tensor, curv: Curvature) -> Curvature:
+def layer_input(module: nn.Module, x: torch.Tensor, curv: OutputCurvature) -> OutputCurvature:
     """The diagonal at the layer's input: exact ``Σ_m (Jᵀ s_m)² + (J⊙J)ᵀ extra``, or ``(J⊙J)ᵀ diag``."""
     params = {name: p.detach() for name, p in module.named_parameters()}
     if not curv.exact:
         assert curv.diag is not None
-        return Curvature(diag=hadamard_vjp(module, "x", curv.diag, x, params))
+        return OutputCurvature(diag=hadamard_vjp(module, "x", curv.diag, x, params))
     assert curv.sqrt is not None
     m, n = curv.sqrt.shape[:2]
     # a VJP to x does not read x: the columns of S ride on the batch axis
@@ -85,7 +85,7 @@ def layer_input(module: nn.Module, x: torch.Tensor, curv: Curvature) -> Curvatur
     diag = (pulled.reshape(m, n, *x.shape[1:]) ** 2).sum(0)
     if curv.extra is not None:
         diag = diag + hadamard_vjp(module, "x", curv.extra, x, params)
-    return Curvature(diag=diag)
+    return OutputCurvature(diag=diag)
 
 
 # ----- elementwise activations: f′ and f″ from torch.func ------------------------------------------
@@ -128,7 +128,7 @@ def _check_elementwise(f: Any, z: torch.Tensor, out: torch.Tensor, name: str) ->
         raise ValueError(problem)
 
 
-def elementwise_input(module: nn.Module, z: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor | None, curv: Curvature) -> Curvature:
+def elementwise_input(module: nn.Module, z: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor | None, curv: OutputCurvature) -> OutputCurvature:
     """``d_z = f′² d_h + f″ g_h`` (``grad_out=None``: the Gauss–Newton form, ``f″`` dropped)."""
     fp, fpp = elementwise_derivatives(module, z, out, second=grad_out is not None)
     curvature_term = None if fpp is None or grad_out is None else fpp * grad_out
@@ -137,10 +137,10 @@ def elementwise_input(module: nn.Module, z: torch.Tensor, out: torch.Tensor, gra
         extra = None if curv.extra is None else fp**2 * curv.extra
         if curvature_term is not None:
             extra = curvature_term if extra is None else extra + curvature_term
-        return Curvature(sqrt=curv.sqrt * fp, extra=extra)
+        return OutputCurvature(sqrt=curv.sqrt * fp, extra=extra)
     assert curv.diag is not None
     diag = fp**2 * curv.diag
-    return Curvature(diag=diag if curvature_term is None else diag + curvature_term)
+    return OutputCurvature(diag=diag if curvature_term is None else diag + curvature_term)
 
 
 # ----- pooling, flatten, dropout: autograd VJPs of the recorded forward ------------------------------
@@ -148,27 +148,27 @@ def _vjp(out: torch.Tensor, inp: torch.Tensor, v: torch.Tensor, *, batched: bool
     return torch.autograd.grad(out, inp, v, retain_graph=True, is_grads_batched=batched)[0]
 
 
-def select_input(inp: torch.Tensor, out: torch.Tensor, curv: Curvature) -> Curvature:
+def select_input(inp: torch.Tensor, out: torch.Tensor, curv: OutputCurvature) -> OutputCurvature:
     """0/1 Jacobians with one 1 per output (max pooling, flatten): ``J ⊙ J = J``, and ``Jᵀ diag(e) J`` stays diagonal."""
     if curv.exact:
         assert curv.sqrt is not None
         extra = None if curv.extra is None else _vjp(out, inp, curv.extra)
-        return Curvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
+        return OutputCurvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
     assert curv.diag is not None
-    return Curvature(diag=_vjp(out, inp, curv.diag))
+    return OutputCurvature(diag=_vjp(out, inp, curv.diag))
 
 
-def diagonal_input(inp: torch.Tensor, out: torch.Tensor, curv: Curvature) -> Curvature:
+def diagonal_input(inp: torch.Tensor, out: torch.Tensor, curv: OutputCurvature) -> OutputCurvature:
     """Diagonal Jacobians (dropout with the forward's mask): ``(J ⊙ J)ᵀ d = Jᵀ (Jᵀ d)``."""
     if curv.exact:
         assert curv.sqrt is not None
         extra = None if curv.extra is None else _vjp(out, inp, _vjp(out, inp, curv.extra))
-        return Curvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
+        return OutputCurvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
     assert curv.diag is not None
-    return Curvature(diag=_vjp(out, inp, _vjp(out, inp, curv.diag)))
+    return OutputCurvature(diag=_vjp(out, inp, _vjp(out, inp, curv.diag)))
 
 
-def avg_pool_input(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, curv: Curvature) -> Curvature:
+def avg_pool_input(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, curv: OutputCurvature) -> OutputCurvature:
     """Average pooling as a depthwise convolution with weights ``1/divisor``: its ``hadamard_vjp`` (squared weights).
 
     In the exact form the square root is pulled back exactly; ``Jᵀ diag(extra) J`` is not diagonal for a pooling
@@ -190,13 +190,13 @@ def avg_pool_input(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, curv
     if curv.exact:
         assert curv.sqrt is not None
         extra = None if curv.extra is None else pull(curv.extra)
-        return Curvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
+        return OutputCurvature(sqrt=_vjp(out, inp, curv.sqrt, batched=True), extra=extra)
     assert curv.diag is not None
-    return Curvature(diag=pull(curv.diag))
+    return OutputCurvature(diag=pull(curv.diag))
 
 
 __all__ = [
-    "Curvature",
+    "OutputCurvature",
     "avg_pool_input",
     "diagonal_input",
     "elementwise_derivatives",
