@@ -159,3 +159,18 @@ def test_a_diagram_is_its_own_quantity() -> None:
     assert report["candidates"][0]["export"]["json"]["optimize"] is not None
     with pytest.raises(ValueError, match="a diagram is its own quantity"):
         tnderiv.explore(d, "vjp_x", serve=False)
+
+
+def test_drawing_names_every_node_and_leg_with_size_and_kind() -> None:
+    import xml.etree.ElementTree as ET
+
+    report = build_report(make_target("conv1d:stride=2"), Settings(quantity="vjp_weight", sizes=(("I0", 9), ("N", 2))))
+    root = ET.fromstring(report["diagram"]["svg"])
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = {g.get("data-leg"): g.find(f"{ns}title").text for g in root.iter(f"{ns}g") if g.get("data-leg")}
+    # o0 = floor((9 - 3) / 2) + 1 = 4, summed between the pattern and grad_out
+    assert titles["o0"] == "leg o0 · size 4 = floor(I0/2 - 3/2) + 1 · summed"
+    assert titles["c_in"] == "leg c_in · size 2 · open"
+    nodes = {g.get("data-node"): g.find(f"{ns}title").text for g in root.iter(f"{ns}g") if g.get("data-node")}
+    assert nodes["0"] == "x[n, g, c_in, i0] · 2×1×2×9 = 36 elements · operand (runtime data)"
+    assert len(nodes) == len(report["diagram"]["nodes"])
