@@ -114,6 +114,10 @@ def index(runs: list[Run]) -> str:
         "when it is built (`examples/gallery.py`) and the test suite runs them too (`tests/docs`), so",
         "they cannot rot.",
         "",
+        "To add one: a script in `examples/` whose docstring is a title line and a description, that",
+        "prints what it shows and writes its figures into the current folder; list it with those files",
+        "in `EXAMPLES` in `examples/gallery.py` and under Examples in `mkdocs.yml`.",
+        "",
     ]
     for run in runs:
         title, text, _ = title_and_text(HERE / f"{run.name}.py")
