@@ -113,10 +113,10 @@ def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def check(prepared: Prepared, task: str, reference: Extracted, *, complete: bool) -> dict[str, Any]:
+def check(prepared: Prepared, task: str, reference: Extracted, *, complete: bool, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """``{status, note, rel_error}`` of one configuration's float64 result against the oracle.
 
-    Every quantity the configuration returns is compared (relative Frobenius error ≤ ``TOLERANCE``); with
+    Every quantity the configuration returns is compared (relative Frobenius error ≤ ``tolerance``); with
     ``complete``, a parameter or module of the oracle that it does not return is an error too.
     """
     result = prepared.extract(prepared.call())
@@ -148,9 +148,9 @@ def check(prepared: Prepared, task: str, reference: Extracted, *, complete: bool
             if float(want.norm()) <= 1e-6 * scale[q] and value.shape == want.shape:
                 # (numerically) zero, e.g. the gradient of attention's key bias: absolute error on the quantity's scale
                 error = float((value - want).norm()) / scale[q]
-                status, note = ("ok", "") if error <= TOLERANCE else ("wrong", f"absolute error {error:.2e} of the largest")
+                status, note = ("ok", "") if error <= tolerance else ("wrong", f"absolute error {error:.2e} of the largest")
             else:
-                status, note, error = compare(value, want, TOLERANCE)
+                status, note, error = compare(value.to(want.dtype), want, tolerance)
             worst = max(worst, error or 0.0)
             if status != "ok":
                 wrong = True
