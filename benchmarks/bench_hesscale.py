@@ -7,7 +7,7 @@ HesScaleGN (``tnderiv.model.hesscale``), the exact and Monte-Carlo GGN diagonals
 BackPACK's ``DiagHessian``). Errors average over freshly initialized networks and batches; costs are medians of
 interleaved float32 timings in one process, divided by one gradient step (forward, loss, backward).
 
-    .venv/bin/python -m benchmarks.bench_hesscale [--draws 10] [--repeat 7] [--out docs/benchmarks/hesscale.json]
+    .venv/bin/python -m benchmarks.bench_hesscale [--draws 10] [--repeat 11] [--out docs/benchmarks/hesscale.json]
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def costs(name: str, repeat: int) -> dict[str, Any]:
     calls["backpack_diag_hessian"] = lambda: backpack_diag(bp_model, bp_loss, x, y, DiagHessian(), "diag_h")
     for key in SKIP_WHEN_LARGE if large else ():
         del calls[key]
-    timings = time_interleaved(calls, repeat=repeat, warmup=2, device="cpu", budget_s=2.0)
+    timings = time_interleaved(calls, repeat=repeat, warmup=2, device="cpu", min_sample_s=0.02, budget_s=3.0)
     base = timings["gradient"].median
     return {
         "batch": size,
@@ -248,7 +248,7 @@ def costs(name: str, repeat: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_hesscale", description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=10, help="networks and batches the errors average over (default 10)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed samples per method (median taken; default 7)")
+    parser.add_argument("--repeat", type=int, default=11, help="timed samples per method (median taken; default 11)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--only", nargs="+", choices=sorted({**PROBLEMS, **COST_ONLY}), help="a subset of the problems")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output (default {OUT.relative_to(ROOT)})")
