@@ -409,7 +409,9 @@
   $("term").addEventListener("change", (e) => { draft.term = Number(e.target.value); changed(); });
   $("copy-path").addEventListener("click", () => {
     const text = JSON.stringify(current().export.json.optimize);
-    if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { $("status").textContent = "path copied"; }, () => {});
+    const manual = () => { $("status").textContent = "the clipboard is not available here: copy the optimize value from the export below"; };
+    if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { $("status").textContent = "path copied: " + text; }, manual);
+    else manual();
   });
   $("download-path").addEventListener("click", () => download("tnderiv-order.json", compactJson(current().export.json)));
   $("download-report").addEventListener("click", () => download("tnderiv-report.json", JSON.stringify(state, null, 1)));
