@@ -31,11 +31,13 @@ def test_serves_until_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytes
         self.httpd.shutdown()
         raise KeyboardInterrupt  # what Ctrl-C does to serve_forever
 
+    opened: list[str] = []
     monkeypatch.setattr(ExplorerServer, "serve_forever", serve_then_interrupt)
-    assert main(["explore", "linear", "vjp_weight"]) == 0
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    assert main(["explore", "linear", "vjp_weight", "--open"]) == 0
     out = capsys.readouterr().out
     assert "serving linear vjp_weight at http://127.0.0.1:" in out and "stopped" in out
-    assert answers == [200]
+    assert answers == [200] and len(opened) == 1 and opened[0] in out
 
 
 @pytest.mark.parametrize(

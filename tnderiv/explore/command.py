@@ -9,7 +9,7 @@ from typing import Any
 EPILOG = """examples:
   tnderiv explore conv2d vjp_weight                              (serves on 127.0.0.1, a free port)
   tnderiv explore "conv2d:stride=2,groups=2" per_sample_grad --shapes x=8x4x16x16
-  tnderiv explore conv1d vjp_x --shapes x=4x2x32 --port 8765
+  tnderiv explore conv1d vjp_x --shapes x=4x2x32 --port 8765 --open
   tnderiv explore linear:shared=1 forward --static explorer.html  (self-contained, no server)
 
 SPEC is the `tnderiv render` layer syntax: KIND[:key=value,...]. See docs/explorer.md."""
@@ -32,6 +32,7 @@ def add_explore_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1; nothing else)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     parser.add_argument("--no-simplify", action="store_true", help="start with simplify off")
+    parser.add_argument("--open", action="store_true", help="also open the page in the default web browser")
     parser.set_defaults(run=run_explore)
     return parser
 
@@ -73,6 +74,10 @@ def run_explore(args: argparse.Namespace) -> int:
         print(f"tnderiv explore: error: {error}", file=sys.stderr)
         return 2
     print(f"tnderiv explore: serving {target.label} {args.quantity} at {server.url}  (Ctrl-C stops)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(server.url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
