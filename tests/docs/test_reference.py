@@ -148,4 +148,6 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reference = (tmp_path / "site" / "api" / "curvature.html").read_text()
     assert 'id="tnderiv.kfac"' in reference and "d_in, d_in" in reference  # signature and shapes rendered
+    for path, page in directives().items():  # every directive rendered an entry on its page
+        assert f'id="{path}"' in (tmp_path / "site" / "api" / page.with_suffix(".html").name).read_text(), path
     assert (tmp_path / "site" / "examples" / "kfac_reflect_padding.html").is_file()
