@@ -51,6 +51,9 @@ def _all_reduce(t: torch.Tensor, group: Any) -> torch.Tensor:
     import torch.distributed as dist
 
     if group is not None:
+        # contiguous: ranks may hold the same values in differently permuted layouts (a sum of batches vs one
+        # batch's einsum result), and the collective sums storage element by element
+        t = t.contiguous()
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
 
