@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tnderiv.model.hesscale import hessian_diagonal
+from tnderiv.model.hesscale import hessian_diagonal, mark_elementwise
 
 DT = torch.float64
 TOL = dict(rtol=1e-9, atol=1e-12)
@@ -151,7 +151,18 @@ def cnn1d() -> nn.Sequential:
     )
 
 
+def cnn3d() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(1, 2, 2),
+        nn.Tanh(),
+        nn.AvgPool3d((1, 2, 2), divisor_override=3),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+
+
 MODELS = {
+    "cnn3d-mse-divisor-override": (cnn3d, (2, 1, 3, 4, 4), nn.MSELoss(), lambda g: torch.randn(2, 2, generator=g, dtype=DT)),
     "mlp-ce-mean": (mlp, (5, 4), nn.CrossEntropyLoss(), lambda g: torch.randint(0, 3, (5,), generator=g)),
     "cnn-ce-sum-dropout-train": (cnn, (2, 2, 6, 6), nn.CrossEntropyLoss(reduction="sum"), lambda g: torch.randint(0, 3, (2,), generator=g)),
     "cnn1d-bce-spatial": (cnn1d, (2, 2, 7), nn.BCEWithLogitsLoss(), lambda g: torch.rand(2, 2, 6, generator=g, dtype=DT)),
@@ -268,6 +279,23 @@ def test_marked_elementwise_module_and_inplace_activation() -> None:
     for method in METHODS:
         got = flat(hessian_diagonal(model, loss_fn, x, y, method=method, elementwise=[Cube])[1])
         assert_same(got, reference(model, loss_fn, x, y, method, elementwise=[Cube]))
+
+
+class Square(nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t * t
+
+
+def test_mark_elementwise_registers_a_type() -> None:
+    model = tiny(nn.Linear(3, 4), Square(), nn.Linear(4, 2))
+    x, y = data(5, 3, 2)
+    with pytest.raises(TypeError, match=r"module '1' \(Square\) is not supported"):
+        hessian_diagonal(model, nn.CrossEntropyLoss(), x, y, method="bl89")
+    mark_elementwise(Square)
+    got = flat(hessian_diagonal(model, nn.CrossEntropyLoss(), x, y, method="hesscale")[1])
+    assert_same(got, exact_hessian_diagonal(model, nn.CrossEntropyLoss(), x, y))  # one hidden layer: exact
+    with pytest.raises(TypeError, match="mark_elementwise expects torch.nn.Module subclasses"):
+        mark_elementwise(Square())
 
 
 def test_params_selects_and_orders() -> None:
