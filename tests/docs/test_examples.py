@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 matplotlib = pytest.importorskip("matplotlib", reason="the examples draw with matplotlib (the docs extra)")
 matplotlib.use("Agg")
@@ -23,7 +24,8 @@ gallery = load_gallery()
 def run(name: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(folder)
     try:
-        runpy.run_path(str(ROOT / "examples" / f"{name}.py"), run_name="__main__")
+        with torch.random.fork_rng():  # the examples seed torch; later tests keep their random state
+            runpy.run_path(str(ROOT / "examples" / f"{name}.py"), run_name="__main__")
     finally:
         plt.close("all")
 
