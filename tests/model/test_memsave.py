@@ -192,6 +192,13 @@ def test_activation_saves_a_boolean_mask(make: Callable) -> None:
     assert [p.dtype for p in packed] == [torch.bool] and _storage_bytes(packed) == x.numel()
 
 
+@pytest.mark.parametrize("make", [nn.ReLU, lambda: nn.LeakyReLU(0.3)], ids=["relu", "leaky"])
+def test_activation_gradient_at_zero_matches_torch(make: Callable) -> None:
+    x = torch.tensor([[-1.0, 0.0, 2.0, -0.0]], dtype=D, requires_grad=True)
+    grads = [torch.autograd.grad(m(x), x, torch.full((1, 4), 3.0, dtype=D))[0] for m in (make(), tnderiv.memsave(make()))]
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_max_pool_saves_only_its_indices() -> None:
     module = tnderiv.memsave(nn.MaxPool2d(3, 2, 1))
     x = torch.randn(2, 3, 8, 8, dtype=D, requires_grad=True)

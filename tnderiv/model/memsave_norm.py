@@ -55,27 +55,27 @@ class NormKernel:
             return y, (mean, rstd)
         return A._fused_rms_norm(x, list(self.shape), w, self.eps)[0], ()
 
-    def backward(self, g: Any, x: Any, w: Any, rm: Any, rv: Any, stats: tuple[Any, ...], mask: list[bool]) -> tuple[Any, Any]:
-        """``(grad_x, grad_weight)`` as requested by ``mask``, from the kept ``x`` (``w``: None when not kept)."""
-        full = mask + [False]
+    def backward(
+        self, g: Any, x: Any, w: Any, rm: Any, rv: Any, stats: tuple[Any, ...], mask: list[bool]
+    ) -> tuple[Any, Any, Any]:
+        """``(grad_x, grad_weight, grad_bias)`` as requested by ``mask`` from the kept ``x`` (grad_bias may be None)."""
         if self.kind in ("batch", "running"):
             train = self.kind == "batch"
             mean, rstd = stats if train else (None, None)
-            gx, gw, _ = A.native_batch_norm_backward(
-                g, x, w, None if train else rm, None if train else rv, mean, rstd, train, self.eps, full
+            # the bias gradient comes free with this kernel's reduction (measured)
+            return A.native_batch_norm_backward(
+                g, x, w, None if train else rm, None if train else rv, mean, rstd, train, self.eps, mask
             )
-            return gx, gw
+        full = mask[:2] + [False]
         if self.kind == "group":
             n, c, hxw, groups = self.shape
-            gx, gw, _ = A.native_group_norm_backward(g, x, *stats, w, n, c, hxw, groups, full)
-            return gx, gw
+            return (*A.native_group_norm_backward(g, x, *stats, w, n, c, hxw, groups, full)[:2], None)
         if self.kind == "layer":
-            gx, gw, _ = A.native_layer_norm_backward(g, x, list(self.shape), *stats, w, None, full)
-            return gx, gw
+            return (*A.native_layer_norm_backward(g, x, list(self.shape), *stats, w, None, full)[:2], None)
         tensors = {"grad_out": g, "x": x, "weight": w}
         gx = run_quantity(self.spec, "vjp_x", tensors) if mask[0] else None
         gw = run_quantity(self.spec, "vjp_weight", {"grad_out": g, "x": x}) if mask[1] else None
-        return gx, gw
+        return gx, gw, None
 
     def param_dims(self, x: Any) -> tuple[int, ...]:
         """The axes of ``x`` the parameters do not live on (summed for the bias gradient)."""
@@ -117,14 +117,15 @@ class NormFunction(torch.autograd.Function):
             if weight is None and ctx.has_weight:
                 weight = placeholder(grad_out, ctx.w_shape)  # read for its shape only: grad_x is not asked for
             if "x" in kept:
-                grad_x, grad_w = kernel.backward(
-                    grad_out, kept["x"], weight, kept.get("running_mean"), kept.get("running_var"), stats, [need_x, need_w]
+                grad_x, grad_w, grad_b = kernel.backward(
+                    grad_out, kept["x"], weight, kept.get("running_mean"), kept.get("running_var"), stats,
+                    [need_x, need_w, need_b],
                 )
             else:  # running statistics, input gradient only: the diagram weight[c]·inv_std[c]·grad_out
                 scale = (kept["running_var"] + kernel.eps) ** -0.5
                 scale = scale * weight if weight is not None else scale
                 grad_x = grad_out * scale.reshape(kernel.channel_view(grad_out))
-        if need_b:
+        if need_b and grad_b is None:
             grad_b = grad_out.sum(kernel.param_dims(grad_out)).reshape(ctx.w_shape if ctx.has_weight else -1)
         return None, None, grad_x if need_x else None, grad_w, grad_b, None, None
 
