@@ -194,3 +194,22 @@ def test_result_lookup_and_precondition_errors(mlp) -> None:
         res["nope"]
     with pytest.raises(ValueError, match="precondition needs the 'kfac' quantity"):
         res.precondition(0.1)
+
+
+def test_columns_too_large_for_memory_are_refused_or_chunked() -> None:
+    """A request over the memory budget is refused before the columns are allocated; ``memory_limit`` chunks it."""
+    import tnderiv
+    from tnderiv.plan.memory import MemoryBudgetError
+
+    case = CASES["mlp"]
+    model, x, y = copy.deepcopy(case.make())
+    tnderiv.set_memory_budget(800)  # 3 columns at once need 1,536 bytes; one at a time 704
+    try:
+        with pytest.raises(MemoryBudgetError, match=r"the type-2 columns needs 1.5 KiB.*nothing was allocated.*memory_limit=<bytes>"):
+            Curvature(model, case.loss()).compute(x, y, ("ggn_diag",))
+        assert all(p.grad is None for p in model.parameters())
+        chunked = Curvature(model, case.loss(), memory_limit=1).compute(x, y, ("ggn_diag",), set_grad=False)
+    finally:
+        tnderiv.set_memory_budget(None)
+    whole = Curvature(model, case.loss()).compute(x, y, ("ggn_diag",), set_grad=False)
+    torch.testing.assert_close(chunked["net.0"]["ggn_diag"]["weight"], whole["net.0"]["ggn_diag"]["weight"], rtol=1e-12, atol=1e-15)

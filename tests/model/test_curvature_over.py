@@ -74,6 +74,8 @@ def test_type2_over_unequal_batches_equals_the_concatenation(name: str, sizes) -
         ("encoder", "expand", "batch+positions", (2, 2)),
         ("encoder", "reduce", "batch", (3, 1)),
         ("cnn", "expand", "batch+positions", (1, 3)),
+        ("ce-sum", "expand", "batch", (2, 3)),
+        ("ce-sum", "reduce", None, (4, 1)),
     ],
 )
 def test_empirical_kfac_over_unequal_batches(name: str, approx: str, loss_average, sizes) -> None:
