@@ -338,23 +338,21 @@ def table(report: dict[str, Any]) -> str:
     lines = []
     for name, result in report["results"].items():
         cost, err = result["costs"], result.get("errors")
-        lines += [f"**{name}** — {report['problems'][name]}, {cost['params']} parameters", ""]
-        if err is not None:
-            lines += ["| method | L1 / Σ\|diag H\| (mean ± std) | L1 | cost ÷ gradient |", "|---|---|---|---|"]
-        else:
-            lines += ["| method | cost ÷ gradient |", "|---|---|"]
-        for key, ratio in cost["relative_to_gradient"].items():
-            label = LABELS.get(key, key)
-            if err is None:
-                lines.append(f"| {label} | {ratio:.2f} |")
-            elif key in err["l1_normalized"]:
-                lines.append(
-                    f"| {label} | {err['l1_normalized'][key]:.4f} ± {err['l1_normalized_std'][key]:.4f} "
-                    f"| {err['l1'][key]:.3g} | {ratio:.2f} |"
-                )
-            else:
-                lines.append(f"| {label} | — | — | {ratio:.2f} |")
-        lines.append("")
+        cpu, wall = cost["relative_to_gradient"], cost["wall_relative_to_gradient"]
+        lines += [f"**{name}**: {report['problems'][name]}, {cost['params']} parameters", ""]
+        head = "| method | L1 / Σ\\|diag H\\| (mean ± std) | L1 (mean) |" if err is not None else "| method |"
+        lines += [head + " cost ÷ gradient, CPU | wall |", "|---" * (5 if err is not None else 3) + "|"]
+        for key, ratio in cpu.items():
+            cells = [LABELS.get(key, key)]
+            if err is not None:
+                if key in err["l1_normalized"]:
+                    cells += [f"{err['l1_normalized'][key]:.4f} ± {err['l1_normalized_std'][key]:.4f}", f"{err['l1'][key]:.3g}"]
+                else:
+                    cells += ["—", "—"]
+            cells += [f"{ratio:.2f}", f"{wall[key]:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        seconds = cost["cpu_seconds"]["gradient"]
+        lines += ["", f"(one gradient step: {seconds * 1e3:.2f} ms CPU)", ""]
     return "\n".join(lines)
 
 
