@@ -380,3 +380,11 @@ def test_derived_sources_of_eval_batch_norm() -> None:
 def test_required_operands_rejects_unknown_operands() -> None:
     with pytest.raises(ValueError, match=r"wrt='gamma': 'gamma' is not an operand of this layer; expected names from \['x', 'weight', 'bias'\]"):
         tnderiv.required_operands(nn.Linear(2, 3), "gamma")
+
+
+def test_second_derivatives_raise() -> None:
+    fast = tnderiv.memsave(nn.Linear(3, 2).to(D))
+    x = torch.randn(4, 3, dtype=D, requires_grad=True)
+    (g,) = torch.autograd.grad(fast(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()

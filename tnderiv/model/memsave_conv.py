@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from tnderiv.calculus.operands import required_operands
 from tnderiv.layers.base import LayerNetwork, spec_of
@@ -72,6 +73,7 @@ class ConvFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
         geo, kept = ctx.geo, saved(ctx)
         mask = [bool(n) for n in ctx.needs_input_grad[2:]]
@@ -169,6 +171,7 @@ class LinearFunction(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
         kept = saved(ctx)
         need_x, need_w, need_b = ctx.needs_input_grad[1:]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from tnderiv.api import run_quantity
 from tnderiv.calculus.operands import saved_operands
@@ -105,6 +106,7 @@ class NormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
         kernel, names = ctx.kernel, ctx.saved_names
         tensors = ctx.saved_tensors
