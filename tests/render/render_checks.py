@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tnderiv.ir import Diagram
-from tnderiv.render.geometry import segment_distance
+from tnderiv.render.crossings import overlapping_legs
 from tnderiv.render.model import Picture, ShapeKind
 
 
@@ -45,33 +45,6 @@ def layout_problems(diagram: Diagram, picture: Picture) -> list[str]:
                 problems.append(f"label of leg {leg.name} covers {shape.key}")
     problems += overlapping_legs(picture)
     problems += dangling_ends(picture)
-    return problems
-
-
-def overlapping_legs(picture: Picture, tolerance: float = 0.03, run: int = 4) -> list[str]:
-    """Pairs of legs drawn on top of each other: ``run`` consecutive samples of one within ``tolerance`` of another.
-
-    Samples near shapes (where legs meet at a dot or leave neighbouring ports) do not count.
-    """
-    shapes = [s.box.inflate(0.2) if s.is_dot else s.box.inflate(0.06) for s in picture.shapes]
-    samples = []
-    for leg in picture.legs:
-        for path in leg.paths:
-            samples.append((leg.name, path, path.points(40)))
-    problems = []
-    for i, (name_a, path_a, pts_a) in enumerate(samples):
-        for name_b, path_b, _pts_b in samples[i + 1 :]:
-            if name_a == name_b or not path_a.box().inflate(tolerance).overlaps(path_b.box().inflate(tolerance)):
-                continue
-            poly = path_b.points(40)
-            streak = 0
-            for p in pts_a:
-                near_shape = any(box.contains(p) for box in shapes)
-                close = not near_shape and min(segment_distance(p, a, b) for a, b in zip(poly, poly[1:])) < tolerance
-                streak = streak + 1 if close else 0
-                if streak >= run:
-                    problems.append(f"legs {name_a} and {name_b} drawn on top of each other")
-                    break
     return problems
 
 

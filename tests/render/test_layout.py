@@ -81,10 +81,13 @@ def test_glued_copies_are_mirrored() -> None:
     assert layout_problems(glued, picture) == []
     by_node = {s.node: s for s in picture.shapes if s.node is not None}
     half = len(glued.nodes) // 2
+    vertical_axis = by_node[0].center[1] == pytest.approx(by_node[half].center[1])
     for a in range(half):  # glue puts the copy's nodes after the original's
-        top, bottom = by_node[a], by_node[a + half]
-        assert top.center[0] == pytest.approx(bottom.center[0])
-        assert top.center[1] == pytest.approx(-bottom.center[1]) and top.center[1] > 0
+        copy, image = by_node[a].center, by_node[a + half].center
+        if vertical_axis:  # the copy on the left, its mirror image on the right
+            assert copy[1] == pytest.approx(image[1]) and copy[0] == pytest.approx(-image[0]) and copy[0] < 0
+        else:  # the copy above its mirror image
+            assert copy[0] == pytest.approx(image[0]) and copy[1] == pytest.approx(-image[1]) and copy[1] > 0
     with pytest.raises(ValueError, match="mirror=True"):
         layout_diagram(psg, mirror=True)
     flat = layout_diagram(glued, mirror=False)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
+from tnderiv.render.coefficient import formula, in_size_names, leg_sizes
 from tnderiv.render.geometry import Box
 from tnderiv.render.labels import PT_TO_CM, Label, tex_escape_text
 from tnderiv.render.layout import PosKey, layout_diagram
@@ -48,7 +48,7 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
         if index or negative:
             pieces.append(_text("-" if negative else "+", "−" if negative else "+", TextRole.OPERATOR))
         if magnitude != 1:
-            pieces.append(_coefficient(magnitude))
+            pieces.append(_coefficient(magnitude, leg_sizes(term)))
         for piece in pieces:
             x += TERM_GAP if picture.shapes or x else 0.0
             picture = picture.merged(Picture(texts=(_at(piece, x + piece.width / 2, 0.0),)))
@@ -60,25 +60,11 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
     return picture
 
 
-def _coefficient(value: sympy.Expr) -> Text:
-    """A coefficient in TeX (fractions stacked, so as wide as the wider of numerator and denominator)."""
-    floats = {f: sympy.Symbol(f"{float(f):g}") for f in value.atoms(sympy.Float)}
-    text = _text(sympy.latex(value.xreplace(floats)), _plain(value), TextRole.COEFFICIENT)
-    numerator, denominator = sympy.fraction(value)
-    if denominator != 1:
-        # TeX sets products without dots or spaces and exponents small
-        widths = [
-            Label(re.sub(r"[ ·^]", "", _plain(part)), italic=False).width(OPERAND_PT) * 0.9
-            for part in (numerator, denominator)
-        ]
-        text = Text(text.tex, text.plain, text.center, max(widths) + 0.1, text.height, text.role)
-    return text
-
-
-def _plain(value: sympy.Expr) -> str:
-    text = sympy.sstr(value.xreplace({f: sympy.Symbol(f"{float(f):g}") for f in value.atoms(sympy.Float)}))
-    text = text.replace("**", "^").replace("*", "·").replace("sqrt", "√")
-    return text.replace("-", "−")
+def _coefficient(value: sympy.Expr, sizes: Mapping[str, object]) -> Text:
+    """A coefficient in the users' size names, as a stacked fraction (TeX ``\\frac``, SVG two lines)."""
+    drawn = formula(in_size_names(value, sizes))
+    return Text(f"${drawn.tex}$", drawn.plain, (0.0, 0.0), drawn.width(OPERAND_PT) + 0.12,
+                drawn.height(OPERAND_PT), TextRole.COEFFICIENT, drawn.numerator, drawn.denominator)  # fmt: skip
 
 
 def _text(tex: str, plain: str, role: TextRole, size_pt: float = OPERAND_PT) -> Text:
@@ -88,7 +74,7 @@ def _text(tex: str, plain: str, role: TextRole, size_pt: float = OPERAND_PT) -> 
 
 
 def _at(text: Text, x: float, y: float) -> Text:
-    return Text(text.tex, text.plain, (x, y), text.width, text.height, text.role)
+    return replace(text, center=(x, y))
 
 
 def layout_strip(

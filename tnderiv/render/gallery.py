@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tnderiv.ir import Expression
 from tnderiv.render.compose import Options, layout, layout_strip, strip_of_derivation
+from tnderiv.render.crossings import crossing_count
 from tnderiv.render.model import Picture
 from tnderiv.render.spec import LAYER_KINDS, parse_spec
 from tnderiv.render.svg import to_svg
@@ -176,4 +177,25 @@ def _readme(entries: list[Entry]) -> str:
             ]
         if missing:
             lines += [f"### {layer}: not defined", ""] + missing + [""]
+    lines += _crossing_section(entries)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def crossing_table(entries: list[Entry]) -> dict[str, int]:
+    """``{"layer/quantity": number of leg crossings}`` for every drawing of the gallery."""
+    return {f"{e.layer}/{e.quantity}": crossing_count(e.picture) for e in entries if e.picture is not None}
+
+
+def _crossing_section(entries: list[Entry]) -> list[str]:
+    table = crossing_table(entries)
+    lines = [
+        "",
+        "## Crossings",
+        "",
+        "Points where two different legs cross (counted on the drawn paths, not where legs meet at a shape).",
+        "`tests/render/test_crossings.py` fails when a drawing gets more than `tests/render/crossings.json` allows.",
+        "",
+        "| drawing | crossings |",
+        "| --- | ---: |",
+    ]
+    return lines + [f"| `{name}` | {count} |" for name, count in table.items()]

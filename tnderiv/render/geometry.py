@@ -146,6 +146,11 @@ class Curve:
             return (self.start,) + tuple(segment[0] for segment in self.segments)
         return tuple(self.points(16))
 
+    @property
+    def polyline(self) -> tuple[Point, ...]:
+        """Corners of the path, or samples along it where it curves."""
+        return self._polyline
+
     @cached_property
     def _extent(self) -> Box:
         pts = self._polyline

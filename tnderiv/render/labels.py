@@ -92,8 +92,8 @@ class Label:
         if self.joined:
             return sum(p.width(size_pt) for p in self.joined) + 0.3 * size_pt * PT_TO_CM * (len(self.joined) - 1)
         em = size_pt * PT_TO_CM
-        w = sum(_char_em(c) for c in self.main) * em
-        w += sum(_char_em(c) for c in self.sub) * em * 0.72
+        w = sum(char_em(c) for c in self.main) * em
+        w += sum(char_em(c) for c in self.sub) * em * 0.72
         w += 0.3 * em * self.primes
         return w + 0.08 * em
 
@@ -108,7 +108,8 @@ def _is_letter(text: str) -> bool:
     return len(text) == 1 and text.isalpha()
 
 
-def _char_em(c: str) -> float:
+def char_em(c: str) -> float:
+    """Estimated width of the character ``c`` in em."""
     if c in "il.,:;'|!":
         return 0.3
     if c in "mwMW":

@@ -90,7 +90,11 @@ class TextRole(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Text:
-    """Free text: ``tex`` is TeX (text mode), ``plain`` the same as Unicode for SVG."""
+    """Free text: ``tex`` is TeX (text mode), ``plain`` the same as Unicode.
+
+    A stacked fraction (a coefficient) has SVG runs ``(text, role)`` for its ``numerator`` and
+    ``denominator``; role ∈ italic, upright, sub, sup.
+    """
 
     tex: str
     plain: str
@@ -98,6 +102,8 @@ class Text:
     width: float
     height: float
     role: TextRole
+    numerator: tuple[tuple[str, str], ...] = ()
+    denominator: tuple[tuple[str, str], ...] = ()
 
     @property
     def box(self) -> Box:

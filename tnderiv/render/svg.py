@@ -21,6 +21,7 @@ STYLE = f"""
 .tnd-summed-stub {{ stroke-dasharray: 1.5 2; }}
 .tnd-arrow {{ fill: none; stroke: #000; stroke-width: 0.85; }}
 .tnd-arrowhead {{ fill: #000; stroke: none; }}
+.tnd-fraction-bar {{ fill: none; stroke: #000; stroke-width: 0.65; }}
 text {{ font-family: {FONT}; fill: #000; }}
 .tnd-name {{ font-size: {OPERAND_PT * PT_TO_CM * SCALE:.2f}px; }}
 .tnd-leg-label, .tnd-rule {{ font-size: {LEG_PT * PT_TO_CM * SCALE:.2f}px; }}
@@ -172,6 +173,37 @@ def _text(parent: ET.Element, canvas: _Canvas, text: Text) -> None:
     size = LEG_PT if text.role.value == "rule" else OPERAND_PT
     px = size * PT_TO_CM * SCALE
     x, y = canvas.xy(text.center)
-    node = ET.SubElement(parent, "text", {"class": f"tnd-{text.role.value}", "x": x, "y": _num(float(y) + 0.33 * px),
-                                          "text-anchor": "middle"})  # fmt: skip
-    node.text = text.plain
+    css = f"tnd-{text.role.value}"
+    if not text.numerator:
+        node = ET.SubElement(parent, "text", {"class": css, "x": x, "y": _num(float(y) + 0.33 * px),
+                                              "text-anchor": "middle"})  # fmt: skip
+        node.text = text.plain
+        return
+    if not text.denominator:
+        _runs(parent, css, x, float(y) + 0.33 * px, text.numerator, px)
+        return
+    group = ET.SubElement(parent, "g", {"class": css})
+    ET.SubElement(group, "title").text = text.plain
+    half = canvas.length((text.width - 0.1) / 2)
+    bar = float(y) - 0.25 * px  # the fraction bar sits on the maths axis, a quarter em above the centre
+    ET.SubElement(group, "path", {"class": "tnd-fraction-bar",
+                                  "d": f"M{_num(float(x) - float(half))},{_num(bar)} H{_num(float(x) + float(half))}"})  # fmt: skip
+    _runs(group, css, x, bar - 0.3 * px, text.numerator, px)
+    _runs(group, css, x, bar + 0.95 * px, text.denominator, px)
+
+
+def _runs(parent: ET.Element, css: str, x: str, baseline: float, runs: tuple[tuple[str, str], ...], px: float) -> None:
+    """One line of maths: italic and upright runs, subscripts and superscripts."""
+    node = ET.SubElement(parent, "text", {"class": css, "x": x, "y": _num(baseline), "text-anchor": "middle"})
+    shift = 0.0
+    for run, role in runs:
+        span = ET.SubElement(node, "tspan")
+        span.text = run
+        if role == "italic":
+            span.set("font-style", "italic")
+        target = 0.28 * px if role == "sub" else -0.4 * px if role == "sup" else 0.0
+        if role in ("sub", "sup"):
+            span.set("font-size", _num(0.72 * px))
+        if abs(target - shift) > 1e-9:
+            span.set("dy", _num(target - shift))
+            shift = target
