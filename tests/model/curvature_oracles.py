@@ -52,6 +52,8 @@ def divisor(loss_fn: nn.Module, y: torch.Tensor) -> int:
     if loss_fn.reduction == "sum":
         return 1
     if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if y.is_floating_point():  # class probabilities [N, C, *S]: one term per sample and position
+            return y.numel() // y.shape[1]
         return int((y != loss_fn.ignore_index).sum())
     return y.numel()
 
