@@ -142,7 +142,7 @@ class Curvature:
             for use in uses:
                 use.check_unchanged()
         called = {name for name, uses in run.uses.items() if uses}
-        found, self._unused = owners(sel, called)
+        found, self._unused = owners(sel, called, [c for c in sel.params if run.param_grads.get(c) is None])
         sqrt = None
         if needs_columns(names, self.options.fisher):
             o = self.options

@@ -112,12 +112,17 @@ def is_engine_module(module: nn.Module) -> bool:
     return False
 
 
-def owners(selection: Selection, called: set[str]) -> tuple[list[Owner], list[str]]:
+def owners(selection: Selection, called: set[str], unreached: Iterable[str] = ()) -> tuple[list[Owner], list[str]]:
     """The owners that compute each parameter (an uncalled holder hands over to its nearest called ancestor),
-    and the canonical names of parameters that no called module holds (unused in the forward)."""
+    and the canonical names of parameters that no called module holds or the backward did not reach
+    (``unreached``: unused in the forward; no ancestor is re-run for them)."""
     found: dict[str, dict[str, str]] = {}
     unused = []
+    skip = set(unreached)
     for canonical, pairs in selection.holders.items():
+        if canonical in skip:
+            unused.append(canonical)
+            continue
         placed = False
         for mname, local in pairs:
             owner = next((a for a in reversed(_ancestors(mname)) if a in called), None)
