@@ -166,3 +166,26 @@ def test_layer_subclass_with_its_own_forward_is_a_fallback() -> None:
     _check(res, oracle)
     assert "fallback" in next(line for line in res.report().splitlines() if line.strip().startswith("0 ["))
     torch.testing.assert_close(res["0"]["kfac"].to_dense(), oracle.joint_block(["0.weight", "0.bias"]), **TOL)
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow in the root's forward (vmap cannot re-run it) and an unused layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.spare = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if float(x.abs().sum()) > 0 else self.a(-x)
+
+
+def test_unused_parameter_does_not_re_run_the_root() -> None:
+    torch.manual_seed(0)
+    model = Branchy().to(DT)
+    g = _gen()
+    x, y = torch.randn(4, 3, generator=g, dtype=DT), torch.randint(0, 3, (4,), generator=g)
+    res = Curvature(model, nn.CrossEntropyLoss()).compute(x, y, ("grad", "per_sample_grad", "kfac"), set_grad=False)
+    assert [n for n in res.notes if "spare" in n] and "spare" not in res.report().split("note:")[0]
+    oracle = Oracle(model, nn.CrossEntropyLoss(), x, y, names=["a.weight", "a.bias"])
+    torch.testing.assert_close(res["a"]["per_sample_grad"]["weight"], oracle.psg()["a.weight"], **TOL)
