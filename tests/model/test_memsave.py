@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("convT3d-nobias", lambda: nn.ConvTranspose3d(2, 2, 2, stride=2, bias=False), (1, 2, 2, 3, 2)),
     ("bn1d-train", lambda: nn.BatchNorm1d(3), (4, 3, 5)),
     ("bn2d-eval", lambda: nn.BatchNorm2d(3).eval(), (2, 3, 4, 4)),
+    ("bn1d-train-cumulative-2d-input", lambda: nn.BatchNorm1d(3, momentum=None), (5, 3)),
     ("bn2d-train-untracked", lambda: nn.BatchNorm2d(3, track_running_stats=False), (2, 3, 4, 4)),
     ("bn3d-eval-noaffine", lambda: nn.BatchNorm3d(2, affine=False).eval(), (2, 2, 3, 2, 2)),
     ("ln", lambda: nn.LayerNorm((3, 4)), (2, 5, 3, 4)),
@@ -380,6 +381,18 @@ def test_derived_sources_of_eval_batch_norm() -> None:
 def test_required_operands_rejects_unknown_operands() -> None:
     with pytest.raises(ValueError, match=r"wrt='gamma': 'gamma' is not an operand of this layer; expected names from \['x', 'weight', 'bias'\]"):
         tnderiv.required_operands(nn.Linear(2, 3), "gamma")
+
+
+def test_transposed_convolution_with_output_size_matches_torch() -> None:
+    original = _randomize(nn.ConvTranspose2d(2, 3, 3, stride=3, padding=1))
+    fast = tnderiv.memsave(original)
+    x = torch.randn(2, 2, 4, 5, dtype=D, requires_grad=True)
+    outputs = [m(x, output_size=[11, 15]) for m in (original, fast)]
+    assert outputs[0].shape == (2, 3, 11, 15)
+    _close(outputs[0].detach(), outputs[1].detach())
+    grads = [torch.autograd.grad(y, [x, m.weight], torch.ones_like(y)) for y, m in zip(outputs, (original, fast))]
+    for a, b in zip(*grads):
+        _close(a, b)
 
 
 def test_second_derivatives_raise() -> None:
