@@ -209,6 +209,20 @@ def test_single_linear_layer_is_exact_for_every_method(loss_fn: nn.Module) -> No
         assert_same(flat(hessian_diagonal(model, loss_fn, x, y, method=method)[1]), want)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_probability_targets(smoothing: float) -> None:
+    """Class probabilities (any total mass without smoothing; mass one with it) through a hidden layer."""
+    model = tiny(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 3))
+    x, _ = data(4, 3, 3)
+    y = torch.rand(4, 3, dtype=DT, generator=torch.Generator().manual_seed(9))
+    y = y / y.sum(1, keepdim=True) if smoothing else 2 * y
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    assert_same(flat(hessian_diagonal(model, loss_fn, x, y, method="hesscale")[1]), exact_hessian_diagonal(model, loss_fn, x, y))
+    if smoothing:
+        with pytest.raises(ValueError, match="label_smoothing=0.2 and y holds probabilities that do not sum to one"):
+            hessian_diagonal(model, loss_fn, x, 2 * y, method="bl89")
+
+
 def test_one_hidden_layer_hesscale_is_exact_and_bl89_is_not() -> None:
     model = tiny(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
     x, y = data(5, 3, 3)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from tnderiv.model.hesscale_loss import loss_spec, output_sqrt
+from tnderiv.model.hesscale_loss import check_target, loss_spec, output_sqrt
 from tnderiv.model.hesscale_modules import Role, Step, flatten_model, mark_elementwise
 from tnderiv.model.hesscale_steps import (
     OutputCurvature,
@@ -67,6 +67,7 @@ def hessian_diagonal(
         raise TypeError(f"x must be a floating-point torch.Tensor, got {_describe(x)}")
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    check_target(loss_fn, y)
     wanted = _select_params(model, steps, params)
 
     inputs, outputs = _record(steps, x)

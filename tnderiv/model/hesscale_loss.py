@@ -43,9 +43,25 @@ def loss_spec(loss_fn: Any) -> LossSpec:
     return LossSpec(kind, loss_fn.reduction)
 
 
+def check_target(loss_fn: nn.Module, target: torch.Tensor) -> None:
+    """Raise where the loss's Hessian would not be the one ``loss_hessian_sqrt`` factorizes.
+
+    Label smoothing leaves the cross-entropy Hessian unchanged only for targets of total mass one per position
+    (class indices, or probabilities summing to one): it mixes the target with the uniform distribution.
+    """
+    smoothing = getattr(loss_fn, "label_smoothing", 0.0)
+    if smoothing and target.is_floating_point() and target.ndim >= 2:
+        mass = target.sum(1)
+        if not torch.allclose(mass, torch.ones_like(mass)):
+            raise ValueError(
+                f"loss_fn CrossEntropyLoss has label_smoothing={smoothing} and y holds probabilities that do not sum "
+                "to one per sample (and position); expected class indices or probabilities summing to one"
+            )
+
+
 def output_sqrt(spec: LossSpec, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Exact ``S`` ``[M, N, *output.shape[1:]]`` with ``Σ_m S[m, n] S[m, n]ᵀ`` the loss Hessian of sample ``n``."""
     return loss_hessian_sqrt(spec.name, output, target, reduction=spec.reduction)
 
 
-__all__ = ["LOSS_TYPES", "LossSpec", "loss_spec", "output_sqrt"]
+__all__ = ["LOSS_TYPES", "LossSpec", "check_target", "loss_spec", "output_sqrt"]
