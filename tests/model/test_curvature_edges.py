@@ -187,5 +187,6 @@ def test_unused_parameter_does_not_re_run_the_root() -> None:
     x, y = torch.randn(4, 3, generator=g, dtype=DT), torch.randint(0, 3, (4,), generator=g)
     res = Curvature(model, nn.CrossEntropyLoss()).compute(x, y, ("grad", "per_sample_grad", "kfac"), set_grad=False)
     assert [n for n in res.notes if "spare" in n] and "spare" not in res.report().split("note:")[0]
-    oracle = Oracle(model, nn.CrossEntropyLoss(), x, y, names=["a.weight", "a.bias"])
-    torch.testing.assert_close(res["a"]["per_sample_grad"]["weight"], oracle.psg()["a.weight"], **TOL)
+    # vmap cannot run this model either: per-sample gradients by a loop over samples
+    loop = torch.stack([torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]) / 4, model.a.weight)[0] for i in range(4)])
+    torch.testing.assert_close(res["a"]["per_sample_grad"]["weight"], loop, **TOL)
