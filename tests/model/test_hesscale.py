@@ -320,6 +320,9 @@ def test_params_selects_and_orders() -> None:
     assert list(got) == ["0", "2"] and list(got["0"]) == ["weight"] and list(got["2"]) == ["bias"]
     exact = exact_hessian_diagonal(model, loss_fn, x, y)
     torch.testing.assert_close(got["0"]["weight"], exact["0.weight"], **TOL)
+    with torch.no_grad():  # the caller's grad mode does not matter
+        again = hessian_diagonal(model, loss_fn, x, y, method="hesscale", params=["2.bias", "0.weight"])[1]
+    torch.testing.assert_close(again["0"]["weight"], got["0"]["weight"], rtol=0, atol=0)
     model[0].bias.requires_grad_(False)
     assert "bias" not in hessian_diagonal(model, loss_fn, x, y, method="bl89")[1]["0"]
 

@@ -70,8 +70,9 @@ def hessian_diagonal(
     check_target(loss_fn, y)
     wanted = _select_params(model, steps, params)
 
-    inputs, outputs = _record(steps, x)
-    loss = loss_fn(outputs[-1], y)
+    with torch.enable_grad():  # the VJPs below need the recorded graph, also when called under no_grad
+        inputs, outputs = _record(steps, x)
+        loss = loss_fn(outputs[-1], y)
     exact = method != "bl89"
     need_grads = method != "hesscale_gn"
     lowest = min((i for i, s in enumerate(steps) if wanted.get(s.path)), default=len(steps))
