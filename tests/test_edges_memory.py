@@ -108,3 +108,14 @@ def test_budget_argument_is_validated():
         with pytest.raises(ValueError, match="memory budget"):
             tnderiv.set_memory_budget(bad)
     assert tnderiv.get_memory_budget() is None
+
+
+def test_ggn_and_grad_stats_take_memory_limit():
+    """The option the error names exists on every entry point it names (results unchanged; oracle: einsum)."""
+    lin = torch.nn.Linear(6, 4).double()
+    x, s, g = torch.randn(16, 6, dtype=F64), torch.randn(3, 16, 4, dtype=F64), torch.randn(16, 4, dtype=F64)
+    diag = tnderiv.ggn(lin, x, s, kind="diag", memory_limit=600)
+    torch.testing.assert_close(diag, torch.einsum("mno,ni->oi", s**2, x**2))
+    stats = tnderiv.grad_stats(lin, x, g, ("batch_l2",), memory_limit=400)
+    psg = torch.einsum("no,ni->noi", g, x)
+    torch.testing.assert_close(stats["batch_l2"]["weight"], (psg**2).sum((1, 2)))

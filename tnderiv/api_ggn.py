@@ -32,6 +32,8 @@ def ggn(
     kind: str = "block",
     per_sample: bool = False,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
     **operands: Any,
 ) -> Any:
     """GGN quantities of ``param`` from a loss-Hessian square root ``sqrt_out`` ``[M, N, *output]``.
@@ -39,7 +41,8 @@ def ggn(
     ``kind="block"``: ``[*param.shape, *param.shape]`` (``[N, *param.shape, *param.shape]`` with
     ``per_sample=True``); ``"diag"``: ``[*param.shape]`` (``[N, *param.shape]``); ``"gram"``: the
     Gram matrix ``[M, N, M, N]`` of the backpropagated columns (no per-sample form). Other operands
-    of custom layers go by name in ``operands``.
+    of custom layers go by name in ``operands``. ``memory_limit`` (bytes) splits intermediates over the
+    batch; a result larger than the memory budget raises ``MemoryBudgetError`` before anything runs.
     """
     if not isinstance(kind, str) or kind not in GGN_KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {list(GGN_KINDS)}")
@@ -51,7 +54,7 @@ def ggn(
     network = _network(layer, {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
     _check_param(param, network.params)
     quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
-    return run_quantity(layer, quantity, tensors, optimize=optimize)
+    return run_quantity(layer, quantity, tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
 
 
 def loss_hessian_sqrt(
@@ -152,6 +155,7 @@ def grad_stats(
     params: Sequence[str] | None = None,
     strategy: str = "auto",
     optimize: Any = "auto",
+    memory_limit: int | None = None,
     **operands: Any,
 ) -> GradStats:
     """Quadratic statistics of the per-sample gradients ``g[n] = ∂(Σ_out grad_out[n]·y[n])/∂param`` (``Σ_n g[n] = ∇``).
@@ -159,7 +163,8 @@ def grad_stats(
     ``sum_grad_squared`` ``[*param]``, ``batch_l2`` ``[N]``, ``variance`` ``[*param]``
     (``(1/N)Σ g² − ((1/N)Σ g)²``), ``batch_dot`` ``[N, N]``. ``strategy="auto"`` picks, per parameter,
     the cheaper of contracting the glued network and materializing ``g`` (``plan_cost``); the result's
-    ``choices`` / ``report()`` show the choice and both costs.
+    ``choices`` / ``report()`` show the choice and both costs. ``memory_limit`` (bytes) splits intermediates
+    over the batch; every plan is checked against the memory budget before any runs.
     """
     names = _check_stats(stats)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
@@ -184,16 +189,16 @@ def grad_stats(
     for param in chosen:
         psg_expr = derive(network, f"per_sample_grad_{param}")
         inputs = _inputs(network, psg_expr, given)
-        psg_plan = get_plan(psg_expr, _shapes(psg_expr, inputs), like, optimize, network.check_sizes)
+        psg_plan = get_plan(psg_expr, _shapes(psg_expr, inputs), like, optimize, network.check_sizes, memory_limit=memory_limit)
         glued: dict[str, Plan] = {}
         mat: dict[str, Plan] = {}
         for stat in names:
             if strategy != "materialize":
                 expr = derive(network, f"{stat}_{param}")
-                glued[stat] = get_plan(expr, _shapes(expr, inputs), like, optimize, network.check_sizes)
+                glued[stat] = get_plan(expr, _shapes(expr, inputs), like, optimize, network.check_sizes, memory_limit=memory_limit)
             if strategy != "glued":
                 expr = _on_materialized(psg_expr, stat)
-                mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize)
+                mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize, memory_limit=memory_limit)
         use = _choose(names, strategy, plan_cost(psg_plan), glued, mat)
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
             (mat[stat] if use[stat] == "materialize" else glued[stat]).check_memory(f"{stat} of {param}")
