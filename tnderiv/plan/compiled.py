@@ -22,16 +22,8 @@ from tnderiv.plan.backends import Backend, backend_of
 from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
 from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.constants import device_constant
-from tnderiv.plan.memory import (
-    MC_COLUMNS,
-    MEMORY_LIMIT,
-    SET_BUDGET,
-    SMALLER_BATCH,
-    SMALLER_QUANTITY,
-    check_fits,
-    format_bytes,
-    needs_check,
-)
+from tnderiv.plan.guards import check_operands, check_plan_memory, needed_bytes
+from tnderiv.plan.memory import needs_check
 from tnderiv.plan.optimizers import Candidate, cache_key, candidate_paths, opt_einsum_path, rank, resolve
 from tnderiv.plan.program import Network, Program
 from tnderiv.plan.report import PlanStep, format_html, format_text
@@ -276,30 +268,12 @@ class Plan:
     def needed_bytes(self) -> int:
         """Estimated bytes a run allocates: the result plus the intermediates alive at its peak (chunked: every
         chunk's result, their concatenation and one chunk's intermediates)."""
-        result = math.prod(self.out_shape) * self.term_plans[0].itemsize
-        if self._chunked is not None:
-            return 2 * result + self._chunked.peak_memory
-        return max(self.peak_memory, result)
+        return needed_bytes(self)
 
     def check_memory(self, quantity: str = "this plan") -> None:
         """Raise ``MemoryBudgetError`` (before anything is allocated) if ``needed_bytes`` exceed the memory budget."""
-        needed = self.needed_bytes
-        if not needs_check(needed):
-            return
-        result = math.prod(self.out_shape) * self.term_plans[0].itemsize
-        detail = f"result {list(self.out_shape)} of {result:,} bytes, peak with intermediates {format_bytes(needed)}"
-        sample_legs = {"n", "m"} & set(terms_of(self.expr)[0].open_legs)
-        options = []
-        if sample_legs or needed > 2 * result:
-            options.append(SMALLER_BATCH)
-        else:
-            options.append(f"the result alone is {format_bytes(result)} and does not shrink with the batch: {SMALLER_QUANTITY}")
-        if needed > 2 * result and self._chunked is None:
-            options.append(MEMORY_LIMIT)
-        if "sqrt_out" in self.operand_names and (sample_legs or needed > 2 * result):
-            options.append(MC_COLUMNS)
-        options.append(SET_BUDGET)
-        check_fits(quantity, needed, self._like.device, detail, options)
+        if needs_check(self.needed_bytes):
+            check_plan_memory(self, quantity)
 
     def execute(self, given: Mapping[str, Any]) -> Any:
         """Run on operands already known to fit (chunked under ``memory_limit``); no checks."""
@@ -309,25 +283,7 @@ class Plan:
 
     def check(self, given: Mapping[str, Any]) -> None:
         """Raise unless ``given`` has every operand with the shape, dtype and device this plan was made for."""
-        missing = [n for n in self.operand_names if n not in given]
-        if missing:
-            raise ValueError(f"missing operands {missing}; the plan needs {list(self.operand_names)}")
-        like = self._like
-        for name in self.operand_names:
-            array, expected = given[name], self.shapes.get(name)
-            shape = getattr(array, "shape", None)
-            if shape is None:
-                raise TypeError(f"{name} must be an array (torch.Tensor or cupy.ndarray), got {type(array).__name__}")
-            if expected is not None and tuple(shape) != expected:
-                raise ValueError(
-                    f"{name} has shape {tuple(shape)}, but this plan was made for {name} of shape {expected}; "
-                    "a plan runs only the shapes it was planned for (plan again, or call tnderiv.forward/vjp/..., "
-                    "which plan once per shape)"
-                )
-            if array.dtype != like.dtype:
-                raise TypeError(f"{name} has dtype {array.dtype}, but this plan was made for {like.dtype}")
-            if array.device != like.device:
-                raise ValueError(f"{name} is on {array.device}, but this plan was made for {like.device}")
+        check_operands(self, given)
 
     def run(self, operands: Mapping[str, Any]) -> Any:
         """Contract without checks or chunking (operands by name, user layout)."""
