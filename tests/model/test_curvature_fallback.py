@@ -107,3 +107,63 @@ def test_params_selection(name: str, selector, expected: list[str]) -> None:
             names = [f"{m}.{p}" if m else p for p in curv.names]
             assert set(names) <= set(expected)
             torch.testing.assert_close(curv.to_dense(), oracle.joint_block(names), **TOL)
+
+
+@pytest.mark.parametrize("bias", ["separate", "append"])
+def test_kfac_of_a_partial_selection_covers_only_the_selected(bias: str) -> None:
+    """``params=`` with a layer's weight but not its bias: KFAC is the weight's block ``G ⊗ A`` alone, and
+    ``precondition`` steps only the selected parameters (a bias left out does not join the weight's block)."""
+    from curvature_oracles import kfac_oracle, psd_inverse_apply
+
+    case = CASES["mlp"]
+    model, x, y = case.make()
+    res = Curvature(model, case.loss(), params=["net.0.weight", "net.2.bias"], kfac_bias=bias).compute(x, y, ("grad", "kfac"), set_grad=False)
+    oracle = Oracle(model, case.loss(), x, y)
+    modules = dict(model.named_modules())
+    cols = oracle.layer_columns({"net.0": modules["net.0"], "net.2": modules["net.2"]})
+    step = res.precondition(0.2)
+    assert set(step) == {"net.0.weight", "net.2.bias"}
+    for m, p, keep in (("net.0", "net.0.weight", slice(0, 12)), ("net.2", "net.2.bias", slice(12, 15))):
+        full = kfac_oracle(modules[m], *cols[m], approx="expand").dense  # separate: the selected block is exact
+        block = full[keep, keep]
+        torch.testing.assert_close(res[m]["kfac"].to_dense(), block, **TOL)
+        torch.testing.assert_close(step[p].reshape(-1), psd_inverse_apply(block, 0.2, oracle.grad()[p].reshape(-1)), **TOL)
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def _recurrent():
+    torch.manual_seed(0)
+    model = Recurrent().double()
+    g = torch.Generator().manual_seed(2)
+    return model, torch.randn(4, 5, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (4,), generator=g)
+
+
+def test_rnn_fallback_refusal_names_the_cause() -> None:
+    model, x, y = _recurrent()
+    with pytest.raises(ValueError, match=r"module rnn \(GRU\) .*torch.func.vmap could not run it: RuntimeError: Batching rule not implemented"):
+        Curvature(model, torch.nn.CrossEntropyLoss()).compute(x, y, ("per_sample_grad",), set_grad=False)
+    res = Curvature(model, torch.nn.CrossEntropyLoss(), params=[model.head]).compute(x, y, ("per_sample_grad",), set_grad=False)
+    assert set(res) == {"head"}  # the layers after it still work
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="GRU/LSTM fallback: torch.func.vmap has no batching rule for aten::gru, and the fallback has no per-sample loop",
+)
+def test_rnn_fallback_per_sample_gradients() -> None:
+    model, x, y = _recurrent()
+    res = Curvature(model, torch.nn.CrossEntropyLoss()).compute(x, y, ("per_sample_grad",), set_grad=False)
+    weight = model.rnn.weight_hh_l0
+    loop = torch.stack([torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]) / 4, weight)[0] for i in range(4)])
+    torch.testing.assert_close(res["rnn"]["per_sample_grad"]["weight_hh_l0"], loop, **TOL)
