@@ -311,14 +311,30 @@ def _ggn_derived(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str, q: 
 
 
 def _kfac_derived(owner: Owner, run: Pass, x: torch.Tensor, s: torch.Tensor, opts: Options) -> Any:
+    # a bias left out by params=: the weight's own block (with bias="append" it would be joined to the bias)
+    bias = opts.kfac_bias if set(owner.local) >= set(_own_params(owner)) else "separate"
     if opts.fisher in ("empirical", "forward-only"):
         g = s[0] / math.sqrt(run.divisor)  # back to the output gradient: loss_average rescales it
-        k = api_kfac.kfac(owner.module, x, g, approx=opts.approx, bias=opts.kfac_bias, loss_average=opts.loss_average)
-        if opts.fisher == "empirical":
-            return k
-        eye = torch.eye(k.G.shape[-1], dtype=k.G.dtype, device=k.G.device).expand_as(k.G).clone()
-        return rebuild_kfac(k, G=eye, G_bias=None if k.G_bias is None else eye.clone())
-    return api_kfac.kfac(owner.module, x, s, approx=opts.approx, bias=opts.kfac_bias, loss_average=opts.loss_average)
+        k = api_kfac.kfac(owner.module, x, g, approx=opts.approx, bias=bias, loss_average=opts.loss_average)
+        if opts.fisher == "forward-only":
+            eye = torch.eye(k.G.shape[-1], dtype=k.G.dtype, device=k.G.device).expand_as(k.G).clone()
+            k = rebuild_kfac(k, G=eye, G_bias=None if k.G_bias is None else eye.clone())
+        return _only_selected(k, owner)
+    return _only_selected(api_kfac.kfac(owner.module, x, s, approx=opts.approx, bias=bias, loss_average=opts.loss_average), owner)
+
+
+def _own_params(owner: Owner) -> list[str]:
+    return [n for n in ("weight", "bias") if owner.module._parameters.get(n) is not None]
+
+
+def _only_selected(k: Any, owner: Owner) -> Any:
+    """The KFAC of the selected parameters: the blocks of a parameter that ``params=`` left out are dropped."""
+    keep = set(owner.local)
+    if all(p.name in keep for p in k.params):
+        return k
+    blocks = tuple(b for b in k.blocks if all(layout.name in keep for layout in b.layouts))
+    params = tuple(p for p in k.params if p.name in keep)
+    return api_kfac.KFAC(blocks, params, k.A, k.G, None, None, k.approx, k.bias, k.plans)
 
 
 def _sum_kfac(parts: list[Any]) -> Any:

@@ -68,20 +68,24 @@ class Fallback:
             if any(a is not None for a in axes) and axes not in candidates:
                 candidates.append(axes)
         recorded = [o.detach() for o in self.use.outputs]
+        errors: list[str] = []
         for in_axes in candidates:
             try:
                 with torch.no_grad():
                     outs = vmap(self._per_sample(self._call, in_axes), in_dims=(None, in_axes), randomness="error")(self.params, tensors)
-            except Exception:  # noqa: BLE001  (a candidate that does not even run is not the batch axis)
+            except Exception as error:  # noqa: BLE001  (a candidate that does not even run is not the batch axis)
+                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
             out_axes = _match(outs, recorded, self.n)
             if out_axes is not None:
                 return SampleAxes(in_axes, out_axes)
+        # every candidate raised: torch.func could not run the module (e.g. no vmap rule for an RNN), say so
+        why = f"; torch.func.vmap could not run it: {errors[0]}" if errors and len(errors) == len(candidates) else ""
         raise ValueError(
             f"module {self.name or '(model)'} ({type(self.module).__name__}) does not act on each sample separately "
             "(re-running it one sample at a time does not reproduce its output: it mixes samples, draws random numbers — "
             "dropout in train mode —, or its inputs have no batch axis of size N); its per-sample and curvature "
-            "quantities are not defined"
+            f"quantities are not defined{why}"
         )
 
     # ----- quantities ------------------------------------------------------------------------------
