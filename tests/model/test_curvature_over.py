@@ -121,3 +121,15 @@ def test_compute_over_sets_grad_like_backward_on_the_concatenation() -> None:
         module, _, local = n.rpartition(".")
         assert res[module]["sum_grad_squared"][local].shape == p.shape
     assert "grad" not in res["q"]
+
+
+def test_partial_selection_kfac_over_batches_and_chunks() -> None:
+    case = CASES["mlp"]
+    model, x, y = case.make(n=5)
+    curv = Curvature(model, case.loss(), params=["net.2.bias", "net.0.weight"])
+    whole = curv.compute(x, y, ("kfac",), set_grad=False)
+    over = curv.compute_over(_split(x, y, (2, 3)), ("kfac",), set_grad=False)
+    chunked = Curvature(model, case.loss(), params=["net.2.bias", "net.0.weight"], memory_limit=1).compute(x, y, ("kfac",), set_grad=False)
+    for m in whole:
+        torch.testing.assert_close(over[m]["kfac"].to_dense(), whole[m]["kfac"].to_dense(), **TOL)
+        torch.testing.assert_close(chunked[m]["kfac"].to_dense(), whole[m]["kfac"].to_dense(), **TOL)
