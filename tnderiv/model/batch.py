@@ -334,7 +334,8 @@ def _only_selected(k: Any, owner: Owner) -> Any:
         return k
     blocks = tuple(b for b in k.blocks if all(layout.name in keep for layout in b.layouts))
     params = tuple(p for p in k.params if p.name in keep)
-    return api_kfac.KFAC(blocks, params, k.A, k.G, None, None, k.approx, k.bias, k.plans)
+    a_bias, g_bias = (k.A_bias, k.G_bias) if "bias" in keep else (None, None)
+    return api_kfac.KFAC(blocks, params, k.A, k.G, a_bias, g_bias, k.approx, k.bias, k.plans)
 
 
 def _sum_kfac(parts: list[Any]) -> Any:
