@@ -51,7 +51,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         batches = [(x[a:b], y[a:b]) for a, b in SHARDS[rank]]
         results = {}
         for fisher, kwargs in SETTINGS.items():
-            curv = Curvature(model, case.loss(), **kwargs)
+            # the empirical pass names its process group explicitly (process_group=), type-2 finds WORLD itself
+            group = dist.new_group([0, 1]) if fisher == "empirical" else None
+            curv = Curvature(model, case.loss(), process_group=group, **kwargs)
             q = (*SUMS, "per_sample_grad", "kfac") if fisher == "type-2" else ("kfac",)
             results[fisher] = _tensors(curv.compute_over(batches, q, set_grad=fisher == "type-2"), q)
         results["grads"] = {n: p.grad for n, p in model.named_parameters()}

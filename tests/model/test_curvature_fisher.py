@@ -92,10 +92,10 @@ def _mc_mean_and_error(case_name: str, q: str, seeds: int, samples: int):
     return model, x, y, case, stacked.mean(0), stacked.std(0) / seeds**0.5
 
 
-@pytest.mark.parametrize("name", ["mlp", "mse-mean", "bce-sum"])
+@pytest.mark.parametrize("name", ["mlp", "mse-mean", "bce-sum", "tied"])
 def test_mc_ggn_diag_is_unbiased(name: str) -> None:
     model, x, y, case, mean, err = _mc_mean_and_error(name, "ggn_diag", seeds=20, samples=50)
-    oracle = Oracle(model, case.loss(), x, y)
+    oracle = Oracle(model, case.loss(), x, y, classes_last=case.classes_last)
     exact = torch.cat([oracle.ggn_diag(p).reshape(-1) for p in oracle.names])
     assert (err > 0).any()
     assert ((mean - exact).abs() <= 5 * err + 1e-12).all(), (mean - exact).abs() / (err + 1e-300)
