@@ -3,6 +3,7 @@
 from tnderiv.api import clear_caches, diagram, evaluate, forward, jvp, per_sample_grad, plan, vjp
 from tnderiv.api_ggn import GradStats, ggn, grad_stats, loss_hessian_sqrt
 from tnderiv.api_kfac import KFAC, kfac, kfac_factors_input, kfac_factors_output
+from tnderiv.api_structured import StructuredGram, mode_gram, mode_product, structured_gram
 from tnderiv.calculus import QUANTITIES
 from tnderiv.explore import explore
 from tnderiv.ir import Diagram, DiagramSum
@@ -36,6 +37,7 @@ __all__ = [
     "MemoryBudgetError",
     "Plan",
     "RMSNorm",
+    "StructuredGram",
     "__version__",
     "cache_info",
     "clear_caches",
@@ -52,10 +54,13 @@ __all__ = [
     "kfac_factors_output",
     "loss_hessian_sqrt",
     "memsave",
+    "mode_gram",
+    "mode_product",
     "per_sample_grad",
     "plan",
     "set_memory_budget",
     "required_operands",
     "simplify",
+    "structured_gram",
     "vjp",
 ]
