@@ -146,16 +146,19 @@ def run_quantity(
     optimize: Any = "auto",
     simplify: bool = True,
     memory_limit: int | None = None,
+    spec: Any = None,
 ) -> Any:
     """Evaluate ``quantity`` of ``layer`` with the given tensors (by operand name).
 
     ``simplify=False`` runs the diagram as derived (no rewrite rules, for comparison);
-    ``memory_limit`` (bytes) splits the contraction so that no intermediate exceeds it.
+    ``memory_limit`` (bytes) splits the contraction so that no intermediate exceeds it; ``spec`` is
+    ``spec_of(layer)`` when the caller has just read it (a module's settings are then not read again).
 
     The first call with given shapes, dtypes and devices checks everything and plans; later calls
     look the plan up under (spec, quantity, shapes, dtypes, devices, optimizer) and run it.
     """
-    spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
+    if spec is None:
+        spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
     given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
     options = (bool(simplify), memory_limit)
     key = _call_key(spec, quantity, given, output_shape, optimize, options)
@@ -346,14 +349,15 @@ def per_sample_grad(
 ) -> dict[str, Any]:
     """Each sample's gradient of every parameter: ``{"weight": [N, *weight.shape], "bias": [N, *bias.shape]}``."""
     tensors = {"x": x, "grad_out": grad_out, **operands}
-    network = _network(layer, {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
+    spec = spec_of(layer)
+    network = spec.network({k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
     names = network.params if params is None else tuple(params)
     for name in names:
         if name not in network.params:
             raise ValueError(f"unknown parameter {name!r}; this layer has {list(network.params)}")
     return {
         name: run_quantity(
-            layer, f"per_sample_grad_{name}", tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit
+            layer, f"per_sample_grad_{name}", tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit, spec=spec
         )
         for name in names
     }
