@@ -23,7 +23,7 @@ from laplace.utils import Kron
 
 from tnderiv.model import Curvature
 from tnderiv.model.batch import _column_chunks, _materialized_cols, partition
-from tnderiv.model.columns import Pass, call_model, pull_back, run_model
+from tnderiv.model.columns import Pass, call_model, pull_back
 from tnderiv.model.record import Recorder
 from tnderiv.model.reduce import ExactCurvature
 from tnderiv.model.units import owners
@@ -62,12 +62,8 @@ class _TnderivInterface:
 
     def _materialized(self, curv: Curvature, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, V)`` with ``V`` ``[M, N, P]`` the backpropagated square-root columns (or ``√D·g``, empirical)."""
-        run = run_model(curv.model, curv.loss, Recorder(curv.selection.record), x, y, dict(curv.selection.params))
-        found, _ = owners(curv.selection, {n for n, uses in run.uses.items() if uses})
-        sqrt = None
-        if curv.options.fisher != "empirical":
-            o = curv.options
-            sqrt = curv.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+        run, found = curv.recorded_pass(x, y)
+        sqrt = curv.square_root(run)
         with torch.no_grad():
             cols = next(_column_chunks(run, found, sqrt, curv.options))
             return run.loss, self._flat(_columns_by_param(run, found, cols), lead=2)

@@ -23,7 +23,7 @@ from tnderiv.model.loss import FISHERS, ModelLoss
 from tnderiv.model.quantities import GGN, HESSIAN_DIAGONALS, SAMPLE_WISE, needs_columns, parse_quantities
 from tnderiv.model.record import Recorder
 from tnderiv.model.result import CurvatureResult
-from tnderiv.model.units import ParamSelector, owners, select
+from tnderiv.model.units import Owner, ParamSelector, owners, select
 from tnderiv.model.vivit import DirectionalDerivatives, GGNEigen
 from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
 
@@ -133,21 +133,30 @@ class Curvature:
                 )
         return names
 
-    def _run(self, x: Any, y: torch.Tensor, names: Sequence[str]) -> tuple[Pass, BatchValues]:
+    def recorded_pass(self, x: Any, y: torch.Tensor) -> tuple[Pass, list[Owner]]:
+        """One recorded forward and backward of the batch, and the owners that compute the selected parameters."""
         sel = self.selection
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        recorder = Recorder(sel.record)
-        run = run_model(self.model, self.loss, recorder, x, y, trainable)
+        run = run_model(self.model, self.loss, Recorder(sel.record), x, y, trainable)
         for uses in run.uses.values():
             for use in uses:
                 use.check_unchanged()
         called = {name for name, uses in run.uses.items() if uses}
         found, self._unused = owners(sel, called, [c for c in sel.params if run.param_grads.get(c) is None])
-        sqrt = None
-        if needs_columns(names, self.options.fisher):
-            o = self.options
-            _check_columns_fit(run, o)
-            sqrt = self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+        return run, found
+
+    def square_root(self, run: Pass) -> torch.Tensor | None:
+        """The loss-Hessian square root ``[M, N, *F]`` at the output (type-2, mc), checked against the memory
+        budget before it is allocated; None for the empirical Fisher (its columns are the gradients)."""
+        o = self.options
+        if o.fisher not in ("type-2", "mc"):
+            return None
+        _check_columns_fit(run, o)
+        return self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+
+    def _run(self, x: Any, y: torch.Tensor, names: Sequence[str]) -> tuple[Pass, BatchValues]:
+        run, found = self.recorded_pass(x, y)
+        sqrt = self.square_root(run) if needs_columns(names, self.options.fisher) else None
         with torch.no_grad(), _no_autocast(run.output):
             values = compute_batch(run, found, names, sqrt, self.options) if _layer_quantities(names) else BatchValues({}, {}, None, [])
         return run, values
@@ -222,15 +231,9 @@ class Curvature:
         if self.options.fisher == "forward-only":
             raise ValueError("fisher='forward-only' has no GGN; use 'type-2', 'mc' or 'empirical'")
         self._check(("ggn_gram",), False)
-        run = run_model(self.model, self.loss, Recorder(self.selection.record), x, y, {
-            n: p for n, p in self.model.named_parameters() if p.requires_grad})
-        found, _ = owners(self.selection, {name for name, uses in run.uses.items() if uses})
+        run, found = self.recorded_pass(x, y)
         found = vivit.restrict(found, params)
-        sqrt, scale = None, 1.0
-        if needs_columns(("ggn_gram",), self.options.fisher):
-            _check_columns_fit(run, self.options)
-            o = self.options
-            sqrt = self.loss.hessian_sqrt(run.output, run.y, o.fisher, o.mc_samples, o.generator)
+        sqrt, scale = self.square_root(run), 1.0
         if subsampling is not None:
             idx = sorted(set(int(i) for i in subsampling))
             if not idx or idx[0] < 0 or idx[-1] >= run.n or len(idx) != len(list(subsampling)):
