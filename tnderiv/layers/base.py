@@ -101,8 +101,9 @@ def spec_of(layer: Any) -> Layer:
     raise TypeError(f"unsupported layer of type {type(layer).__name__}; supported modules: {supported}, or a tnderiv spec")
 
 
-# values of public module attributes that a converter may read (tensors and submodules are not settings)
-_SETTING_TYPES = frozenset({int, float, bool, str, tuple, list, type(None)})
+# values of public module attributes that a converter may read (tensors and submodules are not settings);
+# checked once per conversion, so subclasses (torch.Size, str enums) count too
+_SETTING_TYPES = (int, float, str, tuple, list, type(None))
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class _Remembered:
     @staticmethod
     def of(module: Any, spec: Layer) -> _Remembered:
         state = module.__dict__
-        names = tuple(k for k, v in state.items() if k[0] != "_" and type(v) in _SETTING_TYPES)
+        names = tuple(k for k, v in state.items() if k[0] != "_" and isinstance(v, _SETTING_TYPES))
         return _Remembered(spec, names, _settings(module, names), len(state))
 
     def matches(self, module: Any) -> bool:
