@@ -92,10 +92,10 @@ class _EmptyCall:
     Tensors that require grad are attached with weight 0, so gradients flow (as zeros), like torch's own layers.
     """
 
-    __slots__ = ("fill", "prepare", "shape")
+    __slots__ = ("fill", "shape")
 
-    def __init__(self, shape: tuple[int, ...], fill: float, prepare: Any) -> None:
-        self.shape, self.fill, self.prepare = shape, fill, prepare
+    def __init__(self, shape: tuple[int, ...], fill: float) -> None:
+        self.shape, self.fill = shape, fill
 
     def __call__(self, given: dict[str, Any]) -> Any:
         like = next(iter(given.values()))
@@ -222,7 +222,7 @@ def _build_call(
     if output_shape is not None:
         plan_shapes[OUTPUT] = tuple(int(s) for s in output_shape)
     if has_empty(plan_shapes) or has_empty(shapes):
-        return _EmptyCall(*empty_value(expr, plan_shapes, network.check_sizes), prepare)
+        return _EmptyCall(*empty_value(expr, plan_shapes, network.check_sizes))
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
     return _Call(tuple(needed), plan, prepare, f"{quantity} of {spec}")
 
@@ -382,8 +382,10 @@ def plan(
 ) -> Plan:
     """The compiled, inspectable plan of a diagram (or of ``quantity`` of a layer) for operand ``shapes``.
 
-    ``str(plan)`` lists the steps with leg names, kernels, FLOPs and sizes; ``plan(**operands)`` runs it.
-    ``simplify=False`` plans the diagram as derived; ``memory_limit`` (bytes) bounds every intermediate.
+    ``str(plan)`` lists the steps with leg names, kernels, FLOPs and sizes; ``plan(**operands)`` runs it,
+    after checking that the operands have the shapes, dtype and device it was made for (and that it fits
+    the memory budget). ``simplify=False`` plans the diagram as derived; ``memory_limit`` (bytes) bounds
+    every intermediate.
     """
     import torch
 

@@ -220,7 +220,8 @@ class Plan:
     structure-aware model, sizes), the candidate orders and peak memory; see also ``to_dict``,
     ``path``, ``info`` (opt_einsum ``PathInfo``), ``candidates``, ``to_cotengra`` and ``_repr_html_``.
     ``memory_limit`` (bytes) splits the contraction over a batch leg when an intermediate would
-    exceed it (``chunks``).
+    exceed it (``chunks``). A call checks the operands against the shapes, dtype and device the plan
+    was made for (``check``) and its ``needed_bytes`` against the memory budget (``check_memory``).
     """
 
     def __init__(
