@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from render_checks import layout_problems, term_picture
 
-from tnderiv.render.gallery import Entry, gallery_entries, gallery_files
+from tnderiv.render.gallery import Entry, gallery_files
 from tnderiv.render.tikz import STANDALONE
 
 GALLERY = Path(__file__).resolve().parents[2] / "diagrams"
@@ -22,11 +22,6 @@ def _committed() -> dict[str, str]:
     files = {p.relative_to(GALLERY).as_posix(): p for p in GALLERY.glob("*/*") if p.suffix in (".tex", ".svg")}
     files["README.md"] = GALLERY / "README.md"
     return {k: p.read_text(encoding="utf-8") for k, p in files.items() if p.exists()}
-
-
-@pytest.fixture(scope="module")
-def entries() -> list[Entry]:
-    return gallery_entries()
 
 
 def test_committed_gallery_is_up_to_date(entries: list[Entry]) -> None:

@@ -111,6 +111,8 @@ def _product(value: sympy.Expr) -> tuple[str, str, tuple[Run, ...]]:
     tex, plain, runs = [], [], []
     for index, factor in enumerate(factors):
         t, p, r = _factor(factor)
+        if len(factors) > 1 and factor.is_Add:
+            t, p, r = rf"\left({t}\right)", f"({p})", (("(", "upright"), *r, (")", "upright"))
         tex.append(t)
         plain.append(p)
         runs.extend(([("·", "upright")] if index else []) + list(r))
@@ -150,7 +152,8 @@ def _atom(value: sympy.Expr) -> tuple[str, str, tuple[Run, ...]]:
 
 def _runs_width(runs: tuple[Run, ...], size_pt: float) -> float:
     em = size_pt * PT_TO_CM
-    return sum(char_em(c) * em * (0.72 if role in ("sub", "sup") else 1.0) for text, role in runs for c in text)
+    scale = {"sub": 0.8, "sup": 0.8}  # TeX sets scripts at 7 pt, plus \\scriptspace
+    return sum((0.3 if c == "·" else char_em(c)) * em * scale.get(role, 1.0) for text, role in runs for c in text)
 
 
 __all__ = ["Formula", "formula", "in_size_names", "leg_sizes", "size_names"]

@@ -63,7 +63,7 @@ def layout(expr: Expression, options: Options | None = None) -> Picture:
 def _coefficient(value: sympy.Expr, sizes: Mapping[str, object]) -> Text:
     """A coefficient in the users' size names, as a stacked fraction (TeX ``\\frac``, SVG two lines)."""
     drawn = formula(in_size_names(value, sizes))
-    return Text(f"${drawn.tex}$", drawn.plain, (0.0, 0.0), drawn.width(OPERAND_PT) + 0.12,
+    return Text(f"${drawn.tex}$", drawn.plain, (0.0, 0.0), drawn.width(OPERAND_PT) + 0.18,
                 drawn.height(OPERAND_PT), TextRole.COEFFICIENT, drawn.numerator, drawn.denominator)  # fmt: skip
 
 

@@ -75,27 +75,38 @@ def crossing_count(picture: Picture) -> int:
     return len(crossings(picture))
 
 
-def label_problems(picture: Picture, margin: float = 0.04) -> list[str]:
-    """Labels that overlap another label, sit on a crossing, or are crossed by another leg."""
+def label_collisions(picture: Picture, margin: float = 0.04) -> list[str]:
+    """Labels that overlap another label or a text, or sit on a crossing (where it is unclear whose they are)."""
     problems = []
     legs = list(picture.legs)
     points = [c.at for c in crossings(picture)]
     for i, leg in enumerate(legs):
         box = leg.label_box
-        for other in legs[i + 1 :]:
-            if box.overlaps(other.label_box):
-                problems.append(f"labels of legs {leg.name} and {other.name} overlap")
+        problems += [
+            f"labels of legs {leg.name} and {o.name} overlap" for o in legs[i + 1 :] if box.overlaps(o.label_box)
+        ]
         if any(box.inflate(margin).contains(p) for p in points):
             problems.append(f"label of leg {leg.name} sits on a crossing")
-        for other in legs:
-            if other.name != leg.name and any(path.hits(_shrunk(box)) for path in other.paths):
-                problems.append(f"leg {other.name} runs through the label of leg {leg.name}")
-                break
-    for text in picture.texts:
-        for leg in legs:
-            if text.box.overlaps(leg.label_box):
-                problems.append(f"text {text.plain!r} overlaps the label of leg {leg.name}")
+        problems += [
+            f"text {t.plain!r} overlaps the label of leg {leg.name}" for t in picture.texts if t.box.overlaps(box)
+        ]
     return problems
+
+
+def labels_crossed(picture: Picture) -> list[str]:
+    """Labels that another leg runs through."""
+    problems = []
+    for leg in picture.legs:
+        inner = _shrunk(leg.label_box)
+        other = next((o for o in picture.legs if o.name != leg.name and any(p.hits(inner) for p in o.paths)), None)
+        if other is not None:
+            problems.append(f"leg {other.name} runs through the label of leg {leg.name}")
+    return problems
+
+
+def label_problems(picture: Picture) -> list[str]:
+    """``label_collisions`` and ``labels_crossed`` together."""
+    return label_collisions(picture) + labels_crossed(picture)
 
 
 def overlapping_legs(picture: Picture, tolerance: float = 0.03, run: int = 4) -> list[str]:
