@@ -194,9 +194,9 @@ def test_activation_saves_a_boolean_mask(make: Callable) -> None:
 
 
 @pytest.mark.parametrize("make", [nn.ReLU, lambda: nn.LeakyReLU(0.3)], ids=["relu", "leaky"])
-def test_activation_gradient_at_zero_matches_torch(make: Callable) -> None:
-    x = torch.tensor([[-1.0, 0.0, 2.0, -0.0]], dtype=D, requires_grad=True)
-    grads = [torch.autograd.grad(m(x), x, torch.full((1, 4), 3.0, dtype=D))[0] for m in (make(), tnderiv.memsave(make()))]
+def test_activation_gradient_at_zero_nan_and_subnormals_matches_torch(make: Callable) -> None:
+    x = torch.tensor([[-1.0, 0.0, 2.0, -0.0, float("nan"), -float("nan"), 1e-310]], dtype=D, requires_grad=True)
+    grads = [torch.autograd.grad(m(x), x, torch.full((1, 7), 3.0, dtype=D))[0] for m in (make(), tnderiv.memsave(make()))]
     assert torch.equal(grads[0], grads[1])
 
 

@@ -14,17 +14,22 @@ from torch.autograd.function import once_differentiable
 
 
 class MaskFunction(torch.autograd.Function):
-    """ReLU / LeakyReLU keeping only the boolean pattern ``x > 0`` (1 byte per element)."""
+    """ReLU / LeakyReLU keeping only the boolean pattern of where ``grad_out`` passes (1 byte per element)."""
 
     @staticmethod
     def forward(ctx: Any, x: Any, slope: float, inplace: bool) -> Any:  # type: ignore[override]
         ctx.slope = slope
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(x > 0)
+        if slope:  # torch's LeakyReLU passes grad_out where x > 0 (NaN: scaled)
+            mask = x > 0 if ctx.needs_input_grad[0] else None
+            y = F.leaky_relu_(x, slope) if inplace else F.leaky_relu(x, slope)
+        else:  # torch's ReLU passes grad_out where its output is not 0 (NaN included)
+            y = x.relu_() if inplace else torch.relu(x)
+            mask = y != 0 if ctx.needs_input_grad[0] else None
+        if mask is not None:
+            ctx.save_for_backward(mask)
         if inplace:
             ctx.mark_dirty(x)
-            return F.leaky_relu_(x, slope) if slope else x.relu_()
-        return F.leaky_relu(x, slope) if slope else torch.relu(x)
+        return y
 
     @staticmethod
     @once_differentiable
