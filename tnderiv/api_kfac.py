@@ -21,6 +21,7 @@ import sympy
 import torch
 
 from tnderiv.api import BUFFERS, _network, check_tensors
+from tnderiv.api_structured import StructuredGram, structured_gram
 from tnderiv.calculus.kfac import (
     INPUT_HALF,
     Approx,
@@ -32,6 +33,7 @@ from tnderiv.calculus.kfac import (
     output_factor,
     parse_loss_average,
 )
+from tnderiv.calculus.structured import Structure
 from tnderiv.ir import Diagram, terms_of
 from tnderiv.layers.base import LayerNetwork
 from tnderiv.plan.backends import backend_of
@@ -364,16 +366,21 @@ class _Side:
     def evaluate(self) -> tuple[Any, Any, Any]:
         """``(factor [G, d, d], half [*lead, G, d] or None, the half as evaluated)``."""
         value, raw = self.prepared.run(self.label)
-        sizes = self.sizes
-        groups = _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open])
-        d = _prod(sizes, self.own_legs)
-        half = None
-        if raw is not None:
-            # evaluated as [G, *lead, d] (group axis first, when there is one)
-            own = set(self.split.group_legs) | set(self.own_legs)
-            lead = [sizes[leg] for leg in self.prepared.factor.half_legs if leg not in own]
-            half = raw.reshape(groups, *lead, d).movedim(0, -2)
+        groups, d = self.dims()
+        half = None if raw is None else self.shape_half(raw)
         return value.reshape(groups, d, d), half, raw
+
+    def dims(self) -> tuple[int, int]:
+        """``(G, d)``: the groups and the factor's dimension, from the bound sizes."""
+        sizes = self.sizes
+        return _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open]), _prod(sizes, self.own_legs)
+
+    def shape_half(self, raw: Any) -> Any:
+        """The evaluated half (``[G, *lead, d]``, group axis first) as ``[*lead, G, d]``."""
+        groups, d = self.dims()
+        own = set(self.split.group_legs) | set(self.own_legs)
+        lead = [self.sizes[leg] for leg in self.prepared.factor.half_legs if leg not in own]
+        return raw.reshape(groups, *lead, d).movedim(0, -2)
 
 
 def _input_side(
@@ -497,6 +504,57 @@ def _check_flag(name: str, value: Any) -> None:
         raise TypeError(f"{name}={value!r}: expected a bool")
 
 
+# ----- structured factors (SINGD): Π_struct(Kᵀ A K) from the evaluated half, the d × d factor never formed -----
+
+
+def _structured_request(structure: Any, K: Any, unreduced: bool) -> Structure | None:
+    """The parsed structure, or None for today's dense factor (``structure="dense"`` without ``K``)."""
+    struct = Structure.parse(structure)
+    if struct.kind == "dense" and K is None:
+        return None
+    if unreduced:
+        raise ValueError(
+            f"structure={structure!r} (or K=) with unreduced=True is not supported; "
+            "take the half with unreduced=True and pass its rows to tnderiv.structured_gram"
+        )
+    return struct
+
+
+def _check_k(K: Any, groups: int, d: int) -> list[Any]:
+    """``K`` per group: one ``[d, d]`` tensor or structured matrix (``rmatmat``) for all groups, or a list of ``G``."""
+    ks = list(K) if isinstance(K, (list, tuple)) else [K] * groups
+    if len(ks) != groups:
+        raise ValueError(f"K is a list of {len(ks)}; expected one K for all groups or a list of {groups} (one per group)")
+    for k in ks:
+        if isinstance(k, torch.Tensor):
+            if tuple(k.shape) != (d, d):
+                raise ValueError(f"K has shape {list(k.shape)}; expected [{d}, {d}] (the factor's dimension)")
+        elif k is not None and not callable(getattr(k, "rmatmat", None)):
+            raise TypeError(f"K must be a [{d}, {d}] tensor or a structured matrix with rmatmat, got {type(k).__name__}")
+    return ks
+
+
+def _structured_factor(side: _Side, struct: Structure, K: Any, append: bool) -> Any:
+    """``Π_struct(Kᵀ F K)`` per group for the side's factor ``F = c Σ_rows h hᵀ``, from its evaluated half alone.
+
+    Returns a ``StructuredGram`` (one group) or a list of them (one per group)."""
+    groups, d = side.dims()
+    ks = _check_k(K, groups, d + int(append))
+    prepared = side.prepared
+    plan = prepared.plans[0]
+    if needs_check(plan.needed_bytes):
+        check_fits(side.label, plan.needed_bytes, plan._like.device, f"the evaluated half {list(plan.out_shape)}", [SMALLER_BATCH, SET_BUDGET])
+    half = side.shape_half(plan(prepared.operands))  # [*lead, G, d]
+    if append:
+        half = _cat([half, half.new_ones(*half.shape[:-1], 1)], -1)
+    rows = half.reshape(-1, groups, half.shape[-1])  # [R, G, d]
+    out = []
+    for g in range(groups):
+        gram = structured_gram(rows[:, g].T, struct, K=ks[g])
+        out.append(StructuredGram(gram.structure, gram.dim, {k: v * prepared.copy_scale for k, v in gram.parts.items()}))
+    return out[0] if groups == 1 else out
+
+
 def kfac_factors_input(
     layer: Any,
     x: Any,
@@ -504,6 +562,8 @@ def kfac_factors_input(
     *,
     bias: str = "separate",
     unreduced: bool = False,
+    structure: str = "dense",
+    K: Any = None,
     optimize: Any = "auto",
     **operands: Any,
 ) -> Any:
@@ -514,12 +574,21 @@ def kfac_factors_input(
     ``(A, a)`` with ``a`` ``[N, *S, G, d_in]`` (expand: the unfolded input) or ``[N, G, d_in]`` (reduce).
     Other operands go by name (a normalization layer's ``running_mean=``, ``running_var=``; a module's own
     running statistics are used unless given).
+
+    ``structure`` (``"diagonal"``, ``"block_diagonal:k"``, ``"hierarchical:k1,k2"``, ``"tril_toeplitz"``,
+    ``"triu_toeplitz"``; or ``"dense"`` with ``K``) returns ``Π_struct(Kᵀ A[g] K)`` as a ``StructuredGram``
+    (a list of ``G`` of them for a grouped layer), computed from ``a`` with ``structured_gram``: the
+    ``d_in × d_in`` factor is never formed. ``K``: ``[d, d]`` tensor or structured matrix (``rmatmat``), or
+    a list with one per group. Not with ``unreduced=True``.
     """
     approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
     _check_flag("unreduced", unreduced)
+    struct = _structured_request(structure, K, unreduced)
     tensors = _input_tensors(layer, x, operands)
     network = _network(layer, {"x": tuple(x.shape)})
-    side = _input_side(network, tensors, approx_, bias_, optimize, unreduced)
+    side = _input_side(network, tensors, approx_, bias_, optimize, unreduced or struct is not None)
+    if struct is not None:
+        return _structured_factor(side, struct, K, side.cross is not None)
     result = _finish_inputs(side)
     return (result.A, result.a) if unreduced else result.A
 
@@ -532,6 +601,8 @@ def kfac_factors_output(
     loss_average: str | None = "batch",
     hessian_sqrt: bool | None = None,
     unreduced: bool = False,
+    structure: str = "dense",
+    K: Any = None,
     optimize: Any = "auto",
 ) -> Any:
     """The output-side factor ``G`` ``[G, d_out, d_out]``; by default ``N · Σ g gᵀ`` (``grad_out`` is taken as the gradient of a batch-mean loss).
@@ -546,13 +617,19 @@ def kfac_factors_output(
     ``n`` and ``s`` (expand) or over ``n`` of position sums (reduce). ``hessian_sqrt`` says which
     where the rank alone cannot (dense layers). ``unreduced=True`` returns ``(G, g)`` with ``g``
     ``[(M,) N, *S, G, d_out]`` (expand) or ``[(M,) N, G, d_out]`` (reduce), before the factor ``c``.
+
+    ``structure`` and ``K`` as for ``kfac_factors_input``: ``Π_struct(Kᵀ G[g] K)`` (same scale ``c``) as a
+    ``StructuredGram`` per group (a list for ``G > 1``), from ``g`` alone.
     """
     approx_, loss_average_ = Approx.parse(approx), parse_loss_average(loss_average)
     _check_flag("unreduced", unreduced)
+    struct = _structured_request(structure, K, unreduced)
     if hessian_sqrt is not None:
         _check_flag("hessian_sqrt", hessian_sqrt)
     _check_torch({"grad_out": grad_out})
     network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
+    if struct is not None:
+        return _structured_factor(_output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, True), struct, K, False)
     G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, unreduced).evaluate()
     return (G, g) if unreduced else G
 
