@@ -153,12 +153,12 @@ def test_kfac_bias_append(name: str, approx: str) -> None:
         torch.testing.assert_close(res[m]["kfac"].to_dense(), expected.dense, **TOL)
 
 
-@pytest.mark.parametrize("name", ["cnn", "fallback", "tied"])
-def test_precondition_is_damped_dense_solve(name: str) -> None:
+@pytest.mark.parametrize(("name", "bias"), [("cnn", "separate"), ("fallback", "separate"), ("tied", "separate"), ("cnn", "append")])
+def test_precondition_is_damped_dense_solve(name: str, bias: str) -> None:
     """``precondition(δ)`` = ``(C + δI)⁻¹ g`` per module, ``C`` the KFAC (or exact GGN block) formed densely here."""
     case = CASES[name]
     model, x, y = case.make()
-    res = Curvature(model, case.loss()).compute(x, y, ("grad", "kfac"), set_grad=False)
+    res = Curvature(model, case.loss(), kfac_bias=bias).compute(x, y, ("grad", "kfac"), set_grad=False)
     oracle = Oracle(model, case.loss(), x, y, classes_last=case.classes_last)
     modules = dict(model.named_modules())
     cols = oracle.layer_columns({m: modules[m] for m in case.kfac})
@@ -169,7 +169,7 @@ def test_precondition_is_damped_dense_solve(name: str) -> None:
     done = set()
     for m in res:
         if m in case.kfac:
-            dense = kfac_oracle(modules[m], *cols[m], approx="expand").dense
+            dense = kfac_oracle(modules[m], *cols[m], approx="expand", bias=bias).dense
             names = [f"{m}.{p}" for p, _ in modules[m].named_parameters(recurse=False)]
         else:
             names = [f"{m}.{p}" if m else p for p in res[m]["kfac"].names]
