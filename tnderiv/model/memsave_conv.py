@@ -85,10 +85,10 @@ class ConvFunction(torch.autograd.Function):
         weight = kept.get("weight", None)
         weight = weight if weight is not None else placeholder(grad_out, ctx.w_shape)
         padding = _explicit_padding(geo, ctx.padded_shape, ctx.w_shape)
+        out_channels = ctx.w_shape[1] * geo.groups if geo.transposed else ctx.w_shape[0]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, [ctx.w_shape[1 if geo.transposed else 0] * (geo.groups if geo.transposed else 1)]
-            if mask[2] else None, list(geo.stride), padding, list(geo.dilation), geo.transposed,
-            list(geo.output_padding), geo.groups, mask,
+            grad_out, x, weight, [out_channels] if mask[2] else None, list(geo.stride), padding, list(geo.dilation),
+            geo.transposed, list(geo.output_padding), geo.groups, mask,
         )
         if grad_x is not None and geo.mode != "zeros":
             grad_x = _unpad(grad_x, ctx.x_shape, geo)
