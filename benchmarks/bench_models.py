@@ -64,9 +64,9 @@ class Plan:
 
 
 FULL = (
-    Plan("3c3d", ALL_TASKS, check_batch=3, repeat=5, slow_s=30.0, cold_tasks=BIG_TASKS),
-    Plan("resnet18", BIG_TASKS, repeat=3, slow_s=3.0, cold_tasks=("first_order", "kfac")),
-    Plan("transformer", BIG_TASKS, repeat=3, slow_s=3.0, cold_tasks=("first_order", "kfac")),
+    Plan("3c3d", ALL_TASKS, check_batch=3, repeat=4, slow_s=30.0, cold_tasks=BIG_TASKS),
+    Plan("resnet18", BIG_TASKS, repeat=3, slow_s=3.0, cold_tasks=("first_order",)),
+    Plan("transformer", BIG_TASKS, repeat=3, slow_s=3.0, cold_tasks=("kfac_mc",)),
 )
 QUICK = (Plan("3c3d", ("first_order", "kfac", "ggn_diag"), batch=8, repeat=2, slow_s=30.0, cold_tasks=("kfac",)),)
 

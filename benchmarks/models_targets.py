@@ -79,7 +79,98 @@ def evaluate(data: dict[str, Any]) -> dict[str, Outcome]:
     return {t.id: t.evaluate(data) for t in TARGETS}
 
 
-CAUSES: dict[str, str] = {}
-FIXES: list[str] = []
+# Measured at commit 390f7d5's tnderiv (scripts: cProfile of ``compute``, ``res.report()`` per-module times, layer
+# plans printed by ``tnderiv.plan``, and A/B runs interleaved in one process, medians of 5–9 samples).
+FLOOR = (
+    "The floor every request shares, measured: tnderiv's forward + backward with the layers recorded (`compute(x, y, ('grad',))`) costs "
+    "1.13–1.19× a gradient step; adding the pull-back of one Monte-Carlo column (one more backward through the "
+    "network, for `kfac`/GGN with `fisher='mc'`) 1.29–1.38×; of the 10 exact columns (type-2) 4.8×."
+)
+CAUSES: dict[str, str] = {
+    "stats": (
+        "On the three convolutions the planner reduces *materialized* per-sample gradients (`res.report()`: "
+        "strategy `materialize`; the glued network grows with the square of the output positions, 1024 on conv 0), "
+        "so the statistics cost at least the per-sample gradients (1.8× here). Two measured inefficiencies on top: "
+        "(1) `grad_stats` reduces the per-sample gradients with one compiled plan per statistic, slower than torch "
+        "reductions sharing the square (per layer: conv 3 90 ms vs 57 ms, conv 6 172 vs 108 ms for per-sample "
+        "gradients + reductions); (2) the backward of `run_model` computes the convolutions' weight gradients, which "
+        "the per-sample gradients give again (their sum): leaving the conv parameters out of its `autograd.grad` "
+        "takes it from 1.03× to 0.82× a gradient step. See the proposed fixes below; together they bring the three "
+        "statistics in one call to ≈ 1.65×, still above 1.5×, which needs per-sample gradients of convolutions "
+        "cheaper than 32 small GEMMs that write N× the parameters."
+    ),
+    "kfac_mc": (
+        "The rest is KFAC-expand's input factor, the Gram matrix of the unfolded inputs: 5.7 GFLOP on "
+        "3C3D's convolutions (conv 3 alone: 5408 rows × 576, 3.6 GFLOP), more than the gradient step itself "
+        "(≈ 3.6 GFLOP). tnderiv's per-layer KFAC is within 10% of unfold + one GEMM (M = 1: conv 0 78 vs 69 ms, "
+        "conv 3 169 vs 155 ms, conv 6 64 vs 71 ms): the layer work is not inefficient, the target is below what "
+        "expand's `A` costs. curvlinops is faster because it runs a single backward (through the loss with sampled "
+        "labels) and returns no gradient; tnderiv also returns the loss gradient and fills `.grad`, so it needs the "
+        "true-label backward and the sampled one."
+    ),
+    "kfac": (
+        "The 10 columns are pulled back by one `torch.autograd.grad(..., is_grads_batched=True)`: 3.6× a "
+        "gradient step on top of the forward/backward, so 4.8× before any layer work, while BackPACK's whole KFLR "
+        "takes ≈ 4.4–5.1×. In an A/B of the pull-back alone the same 10 columns one `autograd.grad` at a time took "
+        "3.5× instead of 4.8× (one process, 7 interleaved samples), but in whole-model runs with the columns "
+        "concatenated afterwards the difference drowned in the noise, so no gain is claimed. The factor work is "
+        "within 10% of unfold + GEMM except conv 0 (M = 10: 384 vs 260 ms): its expand `G` sums over all "
+        "10 × 32 × 1024 rows, whereas BackPACK's KFLR `G` sums the columns over positions first (the reduce-type "
+        "`G`, `docs/conventions.md`): BackPACK does less work for `G` than tnderiv and curvlinops (same expand `G`, "
+        "≈ 7×)."
+    ),
+    "ggn_diag": (
+        "The same 10-column pull-back as for KFAC type-2, plus the convolutions' GGN-diagonal plans, which "
+        "take 3.0 of ≈ 4.2 s (`res.report()`: conv 0 545 ms, conv 3 1047 ms, conv 6 1335 ms; the three dense "
+        "layers 14 ms). The plan (`tnderiv.plan(conv, ..., quantity='ggn_diag_weight')`, conv 3, 10 columns) "
+        "contracts the glued J·J network with both halves computed separately: it gathers the input twice (steps "
+        "1–2 and 3–4 are identical) and runs the 6.0 GFLOP batched GEMM twice (steps 5 and 6 are identical), then "
+        "sums the two halves' Hadamard product as a batched GEMM with `[c_in, k0, k1, c_out]` as batch legs, which "
+        "permutes and copies both 17.7 M-element operands (`reshape`: 1.8 s of 5.9 s in the cProfile of a whole "
+        "call). Per layer (M = 10): conv 0 490 ms, conv 3 1127 ms, conv 6 1583 ms, against 250 / 734 / 1009 ms for "
+        "the per-sample gradients of the columns squared and summed (the engine's own `per_sample_grad` on the "
+        "input tiled over the columns) and 254 / 402 / 425 ms for unfold + one batched GEMM + square. The "
+        "duplicated halves also explain the memory (≈ 3× BackPACK's)."
+    ),
+    "ggn_diag_mc": (
+        "The convolutions' diagonal plans have the duplicated halves described for the exact diagonal: at "
+        "M = 1, conv 0 59 ms, conv 3 80 ms, conv 6 130 ms against 24 / 35 / 95 ms for the tiled per-sample "
+        "gradients squared (and 37 / 52 / 28 ms for unfold + batched GEMM)."
+    ),
+    "cold": (
+        "cProfile of the first `compute` of the three statistics in a fresh process (13.5 s on the loaded machine): "
+        "11.1 s in `get_plan` for 84 plans — `grad_stats` plans *both* strategies (glued and materialized) for each "
+        "statistic and each parameter of each of the 6 layers to choose between them, and each plan is searched by "
+        "≈ 9 candidate orderings (774 `opt_einsum.contract_path` calls, 4.9 s, of which the dynamic-programming "
+        "optimizer 4.2 s; cotengra 1.4 s; ranking the candidates with the kernel cost model 1.5 s); hashing the "
+        "diagrams canonically 2.0 s, of which 1.5 s is the first import of networkx (imported lazily by "
+        "`tnderiv.ir.canonical`). For KFAC and the GGN diagonal the planning is 4–11× a gradient step (column "
+        "`(first − warm)` above)."
+    ),
+}
+FIXES: list[str] = [
+    "**GGN diagonal of convolutions from the columns' per-sample gradients** (`tnderiv/model/batch.py`, "
+    "`_ggn_derived`, kind `diag` on `_ConvNd` only): tile the input over the M columns and call the engine's "
+    "`per_sample_grad` (what `_materialized_cols` already does for fallback layers), then square and sum. Measured "
+    "by monkeypatching that one function, 3C3D, one process, 5 interleaved samples, results equal to 1e-4: "
+    "exact diagonal 18.6× → 11.7× a gradient step, MC diagonal 2.09× → 1.86×. (Dense layers must stay on the "
+    "glued plan: 13 ms there vs 963 ms tiled.) The root fix is in the planner: recognise the two mirrored halves "
+    "of a glued network as one sub-expression (compute once, square), and lower a Hadamard-product-then-sum to "
+    "`(a * b).sum(dims)` instead of a batched GEMM over the kept legs (per layer that is the unfold + GEMM time "
+    "above: conv 3 1127 → ≈ 400 ms).",
+    "**Statistics of materialized per-sample gradients with torch reductions** (`tnderiv/model/batch.py`, "
+    "`_derived_per_sample`, where `grad_stats` would materialize): compute `api.per_sample_grad` once and reduce it "
+    "like `tnderiv.model.reduce.stat_of`, squaring once for all statistics. Measured by monkeypatching, 3C3D, 7 "
+    "interleaved samples, equal results: the three statistics in one call 2.14× → 1.85×, `sum_grad_squared` "
+    "1.88× → 1.73×, `variance` 1.86× → 1.77×.",
+    "**No weight gradients twice** (`tnderiv/model/columns.py`, `run_model`): for derived layers whose per-sample "
+    "gradients are materialized anyway, leave their parameters out of the backward's `autograd.grad` and set their "
+    "gradient to the per-sample gradients' sum: the backward goes from 1.03× to 0.82× a gradient step (3C3D, "
+    "9 interleaved samples); that saving applies to per-sample gradients and the statistics.",
+    "**Chunked KFAC recomputes `A` per chunk** (found while measuring; `tnderiv/model/batch.py`, `_columns` → "
+    "`_kfac_derived` per chunk, `_sum_kfac` keeps the first `A`): with `memory_limit=1` (one column per chunk) KFAC "
+    "type-2 on 3C3D takes 18.5× instead of 8.1× a gradient step; computing `A` once per layer "
+    "(`kfac_factors_input`) and only `G` per chunk removes the repeated work.",
+]
 
-__all__ = ["CAUSES", "FIXES", "TARGETS", "Outcome", "Target", "evaluate"]
+__all__ = ["CAUSES", "FIXES", "FLOOR", "TARGETS", "Outcome", "Target", "evaluate"]
