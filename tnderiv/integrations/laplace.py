@@ -18,9 +18,16 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import torch
+from laplace.baselaplace import KronLaplace
 from laplace.curvature import EFInterface, GGNInterface
-from laplace.utils import Kron
+from laplace.lllaplace import KronLLLaplace
+from laplace.utils import Kron, KronDecomposed
+from torch import nn
 
+from tnderiv.api import plan
+from tnderiv.api_kfac import kfac_factors_input, kfac_factors_output
+from tnderiv.ir import Diagram
+from tnderiv.ir.nodes import operand
 from tnderiv.model import Curvature
 from tnderiv.model.batch import _column_chunks, _materialized_cols, partition
 from tnderiv.model.columns import Pass, call_model, pull_back
@@ -122,6 +129,41 @@ class _TnderivInterface:
             js = self._flat(_columns_by_param(run, found, cols), lead=2)  # [C, N, P]
         return js.transpose(0, 1).contiguous(), f.detach()
 
+    def kron_pieces(self, x: Any) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """``(f [N, C], pieces)``: per parameter in laplace's order, ``(D [C, N, S, d_out], a [N, S, d_in] or None)``:
+        the output columns ``∂f_c/∂y`` of its layer (an identity square root pulled back) and, for a weight, the
+        layer's unfolded input (``S`` weight-sharing positions; a bias has ``None``). The per-sample Jacobian of a
+        weight is ``J[n, c] = Σ_s D[c, n, s] a[n, s]ᵀ``, of a bias ``Σ_s D[c, n, s]``; neither is formed here."""
+        curv = self._curvature()
+        recorder = Recorder(curv.selection.record)
+        with recorder.recording():
+            f = call_model(curv.model, x)
+        if not isinstance(f, torch.Tensor) or f.ndim != 2:
+            raise ValueError(f"kron_pieces: the model's output has shape {list(getattr(f, 'shape', []))}; laplace expects [N, C]")
+        n, c = f.shape
+        run = Pass(f.detach(), f, f, n, 1, recorder.uses, {}, {})
+        found, _ = owners(curv.selection, {k for k, u in recorder.uses.items() if u})
+        for owner in found:
+            _check_kron_module(owner, len(recorder.uses[owner.name]))
+        eye = torch.eye(c, dtype=f.dtype, device=f.device)[:, None, :].expand(c, n, c)
+        pieces: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        with torch.no_grad():
+            cols = next(pull_back(run, eye, [(o.name, 0) for o in found], c))
+            for owner in found:
+                use = run.uses[owner.name][0]
+                x_in, d = use.x.detach(), cols[(owner.name, 0)][0]
+                if d is None:  # the output does not depend on this layer
+                    d = x_in.new_zeros(c, *use.outputs[0].shape)
+                g = kfac_factors_output(owner.module, d, loss_average=None, hessian_sqrt=True, unreduced=True)[1]
+                g = g.reshape(c, n, -1, g.shape[-1])
+                for local, canonical in owner.local.items():
+                    a = None
+                    if local == "weight":
+                        a = kfac_factors_input(owner.module, x_in, unreduced=True)[1]
+                        a = a.reshape(n, -1, a.shape[-1])
+                    pieces[canonical] = (g, a)
+        return f.detach(), [pieces[name] for name, _ in self._order]
+
     def gradients(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Gs [N, P], loss)``: per-sample gradients of the summed loss."""
         res = self._curvature().compute(x, y, ("per_sample_grad",), set_grad=False)
@@ -137,6 +179,25 @@ def _columns_by_param(run: Pass, found: list[Any], cols: Any) -> dict[str, torch
             v = _materialized_cols(owner, i, local, run, cols, part.fallback)
             per[canonical] = v if canonical not in per else per[canonical] + v
     return per
+
+
+_KRON_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_kron_module(owner: Any, uses: int) -> None:
+    """The Kronecker variance needs laplace's weight layout ``[d_out, d_in]`` and one call per layer."""
+    module = owner.module
+    if not isinstance(module, _KRON_MODULES) or getattr(module, "groups", 1) != 1:
+        groups = f" with groups={module.groups}" if getattr(module, "groups", 1) != 1 else ""
+        raise NotImplementedError(
+            f"kron_functional_variance: module {owner.name} ({type(module).__name__}{groups}) is not supported; "
+            "supported: Linear and Conv1d/2d/3d without groups (use la.functional_variance(Js) with Js from la.backend.jacobians)"
+        )
+    if uses != 1:
+        raise NotImplementedError(
+            f"kron_functional_variance: module {owner.name} is called {uses} times per forward; its Jacobian is a sum over "
+            "the calls, which this quadratic form does not cover (use la.functional_variance(Js))"
+        )
 
 
 def _batch_size(x: Any, y: torch.Tensor, key: str) -> int:
@@ -157,4 +218,108 @@ class TnderivEF(_TnderivInterface, EFInterface):
     fisher = "empirical"
 
 
-__all__ = ["TnderivEF", "TnderivGGN"]
+# ----- the linearized predictive variance from Kronecker quadratic forms -------------------------------------
+
+
+def _quadratic_form(d: torch.Tensor, q_out: torch.Tensor, weights: torch.Tensor, a: torch.Tensor | None, q_in: torch.Tensor | None) -> torch.Tensor:
+    """``[N, C, C]``: ``Σ_{k,l} w[k,l] J̃[n,c,k,l] J̃[n,e,k,l]`` with ``J̃ = (Q_outᵀ D) (Q_inᵀ a)ᵀ`` summed over positions
+    (without ``a``: ``Σ_k w[k] (Q_outᵀ D)[n,c,k] (Q_outᵀ D)[n,e,k]``), one diagram for the planner: it chooses between
+    the position pairs ``(s, t)`` and the rotated per-layer Jacobian by cost."""
+    c, n, s, d_out = d.shape
+    shared = s > 1
+    pos = ("s",) if shared else ()
+    pos2 = ("t",) if shared else ()
+    sizes = {"c": c, "e": c, "n": n, "i": d_out, "i2": d_out, "k": d_out} | ({"s": s, "t": s} if shared else {})
+    nodes = [operand("D", "c", "n", *pos, "i"), operand("QB", "i", "k"), operand("D", "e", "n", *pos2, "i2"), operand("QB", "i2", "k")]
+    operands = {"D": d if shared else d[:, :, 0], "QB": q_out, "W": weights}
+    if a is None:
+        nodes.append(operand("W", "k"))
+    else:
+        d_in = a.shape[-1]
+        sizes |= {"j": d_in, "j2": d_in, "l": d_in}
+        nodes += [operand("W", "k", "l"), operand("A", "n", *pos, "j"), operand("QA", "j", "l"), operand("A", "n", *pos2, "j2"), operand("QA", "j2", "l")]
+        operands |= {"A": a if shared else a[:, 0], "QA": q_in}
+    diagram = Diagram(tuple(nodes), ("n", "c", "e"), sizes)
+    operands = {k: v.contiguous() for k, v in operands.items()}
+    shapes = {k: tuple(v.shape) for k, v in operands.items()}
+    return plan(diagram, shapes, dtype=d.dtype, device=d.device)(**operands)
+
+
+def _kron_predictive(la: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f_mu [N, C], f_var [N, C, C])`` of laplace's GLM predictive from the posterior's Kronecker eigenbases."""
+    if not isinstance(la, KronLaplace):
+        raise TypeError(f"kron_functional_variance needs a KronLaplace (hessian_structure='kron'), got {type(la).__name__}")
+    if not issubclass(la._backend_cls, _TnderivInterface):
+        raise TypeError(
+            f"kron_functional_variance needs a Laplace with backend=TnderivGGN or TnderivEF, got {la._backend_cls.__name__}"
+        )
+    if not isinstance(la.H, KronDecomposed):
+        raise ValueError("kron_functional_variance: the Laplace approximation is not fitted; call la.fit(train_loader) first")
+    precision = la.posterior_precision
+    f, pieces = la.backend.kron_pieces(x)
+    if len(pieces) != len(precision.eigenvalues):
+        raise ValueError(f"kron_functional_variance: {len(pieces)} parameters but {len(precision.eigenvalues)} Kronecker blocks")
+    var = f.new_zeros(f.shape[0], f.shape[1], f.shape[1])
+    for (d, a), qs, ls, delta in zip(pieces, precision.eigenvectors, precision.eigenvalues, precision.deltas):
+        if len(ls) == 1:  # laplace's full block (a bias): Q diag(1/(λ + δ)) Qᵀ
+            var = var + _quadratic_form(d, qs[0], 1.0 / (ls[0] + delta), None, None)
+        elif a is None:
+            raise ValueError("kron_functional_variance: a Kronecker block of two factors on a parameter that is not a weight")
+        else:
+            l_out, l_in = ls
+            if precision.damping:
+                root = torch.sqrt(delta)
+                weights = 1.0 / torch.outer(l_out + root, l_in + root)
+            else:
+                weights = 1.0 / (torch.outer(l_out, l_in) + delta)
+            var = var + _quadratic_form(d, qs[0], weights, a, qs[1])
+    return f, var
+
+
+def kron_functional_variance(la: Any, x: Any) -> torch.Tensor:
+    """``f_var [N, C, C]``: ``J_n Σ J_nᵀ`` of a ``KronLaplace`` (all weights or last layer) fitted with ``TnderivGGN``
+    (or ``TnderivEF``), ``Σ`` its Kronecker posterior covariance, without forming the Jacobian ``[N, C, P]``.
+
+    Equal to laplace's ``la.functional_variance(Js)``. Per weight with eigenbases ``Q_B, Q_A`` and weights
+    ``w = 1/(λ_B λ_Aᵀ + δ)`` (damping: ``1/((λ_B + √δ)(λ_A + √δ)ᵀ)``):
+    ``f_var[n, c, e] += Σ_{s,t} Σ_{k,l} (Q_Bᵀ D_c)[s,k] (Q_Bᵀ D_e)[t,k] w[k,l] (Q_Aᵀ a)[s,l] (Q_Aᵀ a)[t,l]``;
+    per bias ``Σ_k w[k] (Q_Bᵀ Σ_s D_c)[k] (Q_Bᵀ Σ_s D_e)[k]``. Supported layers: Linear (any leading axes) and
+    Conv1d/2d/3d without groups, each called once per forward; others raise ``NotImplementedError``.
+    """
+    return _kron_predictive(la, x)[1]
+
+
+class _KronPredictive:
+    """Overrides laplace's GLM predictive: ``f_var`` from ``kron_functional_variance`` (no Jacobians), except for
+    ``joint=True`` and ``enable_backprop=True``, which keep laplace's Jacobian-based computation."""
+
+    def __init__(self, model: nn.Module, likelihood: Any, *args: Any, backend: type | None = None, **kwargs: Any) -> None:
+        backend = TnderivGGN if backend is None else backend
+        if not (isinstance(backend, type) and issubclass(backend, _TnderivInterface)):
+            raise TypeError(f"{type(self).__name__} needs backend=TnderivGGN or TnderivEF, got {getattr(backend, '__name__', backend)}")
+        super().__init__(model, likelihood, *args, backend=backend, **kwargs)  # type: ignore[call-arg]
+
+    def _glm_predictive_distribution(self, X: Any, joint: bool = False, diagonal_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if joint or self.enable_backprop:  # type: ignore[attr-defined]
+            return super()._glm_predictive_distribution(X, joint=joint, diagonal_output=diagonal_output)  # type: ignore[misc]
+        f_mu, f_var = _kron_predictive(self, X)
+        if diagonal_output:
+            f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+        return f_mu, f_var
+
+
+class TnderivKronLaplace(_KronPredictive, KronLaplace):
+    """laplace's ``KronLaplace`` (all weights) with ``backend=TnderivGGN`` by default and the predictive variance
+    from Kronecker quadratic forms (``kron_functional_variance``)."""
+
+    _key = ("all", "kron", "tnderiv")  # its own key: laplace's Laplace(...) factory keeps choosing KronLaplace
+
+
+class TnderivKronLLLaplace(_KronPredictive, KronLLLaplace):
+    """laplace's ``KronLLLaplace`` (last layer) with ``backend=TnderivGGN`` by default and the predictive variance
+    from Kronecker quadratic forms (``kron_functional_variance``)."""
+
+    _key = ("last_layer", "kron", "tnderiv")
+
+
+__all__ = ["TnderivEF", "TnderivGGN", "TnderivKronLLLaplace", "TnderivKronLaplace", "kron_functional_variance"]
