@@ -170,3 +170,26 @@ def test_bad_input() -> None:
         tnderiv.kfac_factors_input(conv, xc, structure="diagonal", K=[torch.eye(18)] * 3)
     with pytest.raises(TypeError, match="K must be a"):
         tnderiv.kfac_factors_input(module, x, structure="diagonal", K="eye")
+
+
+def test_doc_example_on_singd_page() -> None:
+    """docs/singd.md's example: the structured KFAC factors it shows equal singd's projections of the dense factors."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "singd.md"
+    (block,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    scope: dict = {}
+    exec(compile(block, str(doc), "exec"), scope)  # noqa: S102  (our own documentation)
+    x, grad_out = scope["x"], scope["grad_out"]
+    patches = F.unfold(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3)  # [4, 72, 100]
+    for group in range(2):
+        rows = patches[:, group * 36 : (group + 1) * 36]
+        expand = rows.transpose(1, 2).reshape(-1, 36)
+        assert torch.allclose(scope["A_diag"][group].parts["diag"], (expand * expand).mean(0), rtol=1e-4)
+        reduce = rows.mean(2)
+        blocks = type("B9", (blockdiagonal.BlockDiagonalMatrixTemplate,), {"BLOCK_DIM": 9}).from_dense(reduce.T @ reduce / 4)
+        assert torch.allclose(scope["A_blocks"][group].to_dense(), blocks.to_dense(), rtol=1e-4, atol=1e-5)
+        g = grad_out[:, group * 8 : (group + 1) * 8].flatten(2).transpose(1, 2).reshape(-1, 8)
+        toeplitz = triltoeplitz.TrilToeplitzMatrix.from_dense(4 * g.T @ g)
+        assert torch.allclose(scope["G_toeplitz"][group].to_dense(), toeplitz.to_dense(), rtol=1e-4, atol=1e-3)
