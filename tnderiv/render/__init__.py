@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tnderiv.ir import Diagram, DiagramSum
+from tnderiv.ir.drawing import register_emitters
 from tnderiv.render import save as _save
 from tnderiv.render import svg as _svg
 from tnderiv.render import tikz as _tikz
@@ -52,5 +53,8 @@ def save(obj: Any, path: str | Path, *, dpi: int = 300, **options: Any) -> Path:
     picture = picture_of(obj, **options)
     return _save.write(path, tex_standalone=_tikz.to_tikz(picture, standalone=True), svg=_svg.to_svg(picture), dpi=dpi)
 
+
+# Diagram/DiagramSum/Derivation.to_svg, .to_tikz, .save and _repr_svg_ call these (ir never imports render)
+register_emitters(to_tikz=to_tikz, to_svg=to_svg, save=save)
 
 __all__ = ["Options", "Picture", "layout", "layout_diagram", "layout_strip", "picture_of", "save", "to_svg", "to_tikz"]

@@ -56,8 +56,8 @@ def _free_spot(state: LayoutState, bary: Point, keys: list[str], leg: str) -> Po
     dots = [s.center for s in state.shapes.values() if s.kind is ShapeKind.HYPEREDGE]
     ends = [state.shapes[k].center for k in keys]
     walls = [(s.key, s.box.inflate(0.05)) for s in state.shapes.values() if not s.is_dot]
-    for step in range(8):
-        r = 0.4 * step
+    for step in range(16 if on_axis else 8):  # on the axis only two directions: search it finer
+        r = (0.2 if on_axis else 0.4) * step
         directions = ((across, (-across[0], -across[1])) if on_axis else DIRECTIONS_8) if step else ((0.0, 0.0),)
         for direction in directions:
             p = (bary[0] + r * direction[0], bary[1] + r * direction[1])
