@@ -142,3 +142,20 @@ def test_errors() -> None:
     twice = Laplace(_Twice().to(DT), "classification", subset_of_weights="all", hessian_structure="kron", backend=TnderivGGN)
     with pytest.raises(NotImplementedError, match="module lin is called 2 times"):
         twice.backend.kron_pieces(torch.randn(2, 3, dtype=DT))
+
+
+def test_doc_example_on_laplace_page() -> None:
+    """docs/laplace.md's example: its f_var equals laplace's Jacobian-based variance, its fast predictive laplace's."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "laplace.md"
+    (block,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    scope: dict = {}
+    torch.manual_seed(0)
+    exec(compile(block, str(doc), "exec"), scope)  # noqa: S102  (our own documentation)
+    model, la, x = scope["model"], scope["la"], scope["x"][:4]
+    js = _jacobians(model, [k for k, _ in model.named_parameters()], x)  # the example's Laplace is over all weights
+    assert torch.allclose(scope["f_var"], la.functional_variance(js), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(scope["probs_fast"], scope["probs"], atol=1e-5)
+
