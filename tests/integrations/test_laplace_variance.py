@@ -159,3 +159,22 @@ def test_doc_example_on_laplace_page() -> None:
     assert torch.allclose(scope["f_var"], la.functional_variance(js), rtol=1e-4, atol=1e-5)
     assert torch.allclose(scope["probs_fast"], scope["probs"], atol=1e-5)
 
+
+
+def test_last_layer_form_stays_below_the_jacobian(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without weight sharing the plan's largest intermediate is far below the layer's Jacobian ``N·C·d_out·d_in``."""
+    import tnderiv.integrations.laplace as integration
+
+    plans = []
+    real = integration.plan
+    monkeypatch.setattr(integration, "plan", lambda *a, **k: plans.append(real(*a, **k)) or plans[-1])
+    c, n, d_out, d_in = 10, 32, 10, 256
+    torch.manual_seed(4)
+    d, a = torch.randn(c, n, 1, d_out, dtype=DT), torch.randn(n, 1, d_in, dtype=DT)
+    q_out, q_in = torch.linalg.qr(torch.randn(d_out, d_out, dtype=DT))[0], torch.linalg.qr(torch.randn(d_in, d_in, dtype=DT))[0]
+    w = torch.rand(d_out, d_in, dtype=DT) + 0.1
+    got = integration._quadratic_form(d, q_out, w, a, q_in)
+    jac = torch.einsum("cni,nj->ncij", (q_out.T @ d[:, :, 0].unsqueeze(-1)).squeeze(-1), a[:, 0] @ q_in)  # test-side oracle
+    expected = torch.einsum("ncij,neij,ij->nce", jac, jac, w)
+    assert torch.allclose(got, expected, atol=1e-10)
+    assert plans[-1].peak_size * 50 < n * c * d_out * d_in
