@@ -118,13 +118,15 @@ def overlapping_legs(picture: Picture, tolerance: float = 0.03, run: int = 4) ->
     samples = [(leg.name, path, path.points(40)) for leg in picture.legs for path in leg.paths]
     problems = []
     for i, (name_a, path_a, pts_a) in enumerate(samples):
-        for name_b, path_b, pts_b in samples[i + 1 :]:
-            if name_a == name_b or not path_a.box().inflate(tolerance).overlaps(path_b.box().inflate(tolerance)):
+        for name_b, path_b, _pts_b in samples[i + 1 :]:
+            reach = path_b.box().inflate(tolerance)
+            if name_a == name_b or not path_a.box().inflate(tolerance).overlaps(reach):
                 continue
+            poly = path_b.polyline
             streak = 0
             for p in pts_a:
-                near_shape = any(box.contains(p) for box in shapes)
-                close = not near_shape and min(segment_distance(p, a, b) for a, b in zip(pts_b, pts_b[1:])) < tolerance
+                close = reach.contains(p) and min(segment_distance(p, a, b) for a, b in zip(poly, poly[1:])) < tolerance
+                close = close and not any(box.contains(p) for box in shapes)
                 streak = streak + 1 if close else 0
                 if streak >= run:
                     problems.append(f"legs {name_a} and {name_b} drawn on top of each other")

@@ -67,7 +67,7 @@ def _free_spot(state: LayoutState, bary: Point, keys: list[str], leg: str) -> Po
             if score >= best_score:
                 continue
             score += 20 * sum(1 for a, b in edges if segment_distance(p, a, b) < 0.15)
-            for a, b in spokes + edges:
+            for a, b in spokes + (edges if state.dots_avoid_edges else []):
                 score += 6 * sum(segments_cross(a, b, e, p) for e in ends)
             for zone in zones:
                 score += 50 * zone.contains(p) + 3 * sum(zone.hits_segment(e, p) for e in ends)

@@ -44,6 +44,7 @@ class LayoutState:
     hidden: set[str] = field(default_factory=set)  # constants on hidden legs only (they equal 1)
     dot_ends: dict[str, list[str]] = field(default_factory=dict)
     axis: str = ""
+    dots_avoid_edges: bool = True  # a dot's spokes should cross no (estimated) edge
 
     def is_open(self, leg: str) -> bool:
         return leg in self.diagram.open_legs

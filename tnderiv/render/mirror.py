@@ -17,16 +17,20 @@ from tnderiv.render.model import Shape
 
 @dataclass(frozen=True)
 class Variant:
-    """One arrangement: the mirror axis, whether the copy is flipped (inputs face the axis), reversed stacks."""
+    """One arrangement: the mirror axis, whether the copy is flipped (inputs face the axis), reversed stacks,
+    and whether hyperedge dots keep their spokes off the other legs (at times a detour costs more)."""
 
     axis: str = "y"
     flip: bool = False
     reversed_columns: frozenset[int] = frozenset()
+    dots_avoid_edges: bool = True
 
 
 def variants(mirrored: bool) -> list[Variant]:
     """The arrangements to try, best guess first (ties keep the earlier one)."""
-    return [Variant("y", flip=True), Variant("y"), Variant("x")] if mirrored else [Variant(""), Variant("", flip=True)]
+    if mirrored:
+        return [Variant("y", flip=True), Variant("y"), Variant("x")]
+    return [Variant(""), Variant("", dots_avoid_edges=False)]
 
 
 def mirror_pairs(diagram: Diagram) -> list[tuple[int, int]] | None:

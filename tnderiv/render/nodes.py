@@ -94,6 +94,7 @@ def _ranks(state: LayoutState, indices: list[int]) -> dict[int, float]:
 def place_nodes(state: LayoutState, pairs: list[tuple[int, int]] | None, variant: Variant) -> None:
     """Shapes for every visible node: columns by role (one copy of a two-copy network, then mirrored)."""
     nodes = state.diagram.nodes
+    state.dots_avoid_edges = variant.dots_avoid_edges
     main = [a for a, _ in pairs] if pairs else list(range(len(nodes)))
     main = [i for i in main if node_key(i) not in state.hidden]
     satellites = _satellites(state, main)
