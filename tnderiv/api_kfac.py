@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from tnderiv.plan.bind import Bindings, bind_sizes
 from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.constants import constant_array
+from tnderiv.plan.lags import LagProgram, lag_program
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 from tnderiv.plan.optimizers import cache_key
 
@@ -58,9 +59,12 @@ class _Prepared:
     bindings: Bindings
     sizes: dict[str, int]
     copy_scale: float = 1.0
+    lags: LagProgram | None = None  # KFAC-expand's input Gram by lag correlations, where the cost model chose it
 
     def run(self, label: str = "a KFAC factor") -> tuple[Any, Any]:
         """``(factor, evaluated half or None)``; raises ``MemoryBudgetError`` first if it would not fit."""
+        if self.lags is not None:
+            return self.lags(self.operands[self.lags.name]), None
         needed = sum(plan.needed_bytes for plan in self.plans) + (self.plans[0].needed_bytes if len(self.plans) > 1 else 0)
         if needs_check(needed):
             half = f"the evaluated half {list(self.plans[0].out_shape)} and its copy, " if len(self.plans) > 1 else ""
@@ -393,6 +397,8 @@ def _input_side(
         tensors = {**tensors, **network.prepare(tensors)}
     append = bias is BiasMode.APPEND and "bias" in network.params
     prepared = _prepare(factor, tensors, x, optimize, network.check_sizes, keep_half or append)
+    if approx is Approx.EXPAND and not (keep_half or append):
+        prepared = _with_lags(prepared, x, optimize)
     cross, corner = None, None
     if "bias" in network.params:
         _, cross_factor, own = bias_input_factors(network, approx)
@@ -401,6 +407,24 @@ def _input_side(
             lambda: _bias_parts(cross_factor, own, prepared, x, optimize, append),
         )
     return _Side(split, prepared, split.input_legs, split.input_half.open_legs, cross, corner, "the KFAC input factor A")
+
+
+# None: the cost model decides per layer (plan.lags); True/False force the lag path where exact / never
+LAG_STRATEGY: bool | None = None
+
+
+def _with_lags(prepared: _Prepared, x: Any, optimize: Any) -> _Prepared:
+    """``prepared`` running the lag program of its glued factor (``plan.lags``) where that is exact and cheaper."""
+    factor = prepared.factor
+    (program,) = _PREPARED.get_or_build(
+        _key(factor, prepared.operands, x, optimize, "lags", LAG_STRATEGY),
+        lambda: (
+            lag_program(
+                factor.glued, prepared.sizes, float(_bound(factor.glued, factor, prepared.bindings, prepared.sizes).coefficient), LAG_STRATEGY
+            ),
+        ),
+    )
+    return prepared if program is None else replace(prepared, lags=program)
 
 
 def _bias_parts(cross: Factor, own: Factor, prepared: _Prepared, x: Any, optimize: Any, append: bool) -> tuple[Plan | None, float]:
