@@ -113,42 +113,42 @@ class _TnderivInterface:
         """``(Js [N, C, P], f [N, C])``: per-sample Jacobians, the columns of an identity square root."""
         if enable_backprop:
             return super().jacobians(x, enable_backprop=True)  # type: ignore[misc]
+        run, found, cols = self._identity_columns(x, "jacobians")
+        with torch.no_grad():
+            js = self._flat(_columns_by_param(run, found, cols), lead=2)  # [C, N, P]
+        return js.transpose(0, 1).contiguous(), run.output.detach()
+
+    def _identity_columns(self, x: Any, caller: str, check: Any = None) -> tuple[Pass, list[Any], dict[Any, list[Any]]]:
+        """A recorded forward; the owners (each passed to ``check``); the identity's columns ``[C, *output]`` pulled
+        back to every recorded layer output (``∂f_c/∂y``)."""
         curv = self._curvature()
         recorder = Recorder(curv.selection.record)
         with recorder.recording():
             f = call_model(curv.model, x)
         if not isinstance(f, torch.Tensor) or f.ndim != 2:
-            raise ValueError(f"jacobians: the model's output has shape {list(getattr(f, 'shape', []))}; laplace expects [N, C]")
+            raise ValueError(f"{caller}: the model's output has shape {list(getattr(f, 'shape', []))}; laplace expects [N, C]")
         n, c = f.shape
         run = Pass(f.detach(), f, f, n, 1, recorder.uses, {}, {})
         found, _ = owners(curv.selection, {k for k, u in recorder.uses.items() if u})
+        for owner in found:
+            if check is not None:
+                check(owner, len(recorder.uses[owner.name]))
         keys = [(o.name, i) for o in found for i in range(len(recorder.uses[o.name]))]
         eye = torch.eye(c, dtype=f.dtype, device=f.device)[:, None, :].expand(c, n, c)
         with torch.no_grad():
             cols = next(pull_back(run, eye, keys, c))
-            js = self._flat(_columns_by_param(run, found, cols), lead=2)  # [C, N, P]
-        return js.transpose(0, 1).contiguous(), f.detach()
+        return run, found, cols
 
     def kron_pieces(self, x: Any) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """``(f [N, C], pieces)``: per parameter in laplace's order, ``(D [C, N, S, d_out], a [N, S, d_in] or None)``:
         the output columns ``∂f_c/∂y`` of its layer (an identity square root pulled back) and, for a weight, the
         layer's unfolded input (``S`` weight-sharing positions; a bias has ``None``). The per-sample Jacobian of a
         weight is ``J[n, c] = Σ_s D[c, n, s] a[n, s]ᵀ``, of a bias ``Σ_s D[c, n, s]``; neither is formed here."""
-        curv = self._curvature()
-        recorder = Recorder(curv.selection.record)
-        with recorder.recording():
-            f = call_model(curv.model, x)
-        if not isinstance(f, torch.Tensor) or f.ndim != 2:
-            raise ValueError(f"kron_pieces: the model's output has shape {list(getattr(f, 'shape', []))}; laplace expects [N, C]")
+        run, found, cols = self._identity_columns(x, "kron_pieces", _check_kron_module)
+        f = run.output
         n, c = f.shape
-        run = Pass(f.detach(), f, f, n, 1, recorder.uses, {}, {})
-        found, _ = owners(curv.selection, {k for k, u in recorder.uses.items() if u})
-        for owner in found:
-            _check_kron_module(owner, len(recorder.uses[owner.name]))
-        eye = torch.eye(c, dtype=f.dtype, device=f.device)[:, None, :].expand(c, n, c)
         pieces: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         with torch.no_grad():
-            cols = next(pull_back(run, eye, [(o.name, 0) for o in found], c))
             for owner in found:
                 use = run.uses[owner.name][0]
                 x_in, d = use.x.detach(), cols[(owner.name, 0)][0]
