@@ -1,5 +1,6 @@
 """tnderiv: neural-network layers as tensor-network diagrams, and everything derived from them."""
 
+from tnderiv import render  # noqa: F401 (importing it registers Diagram.to_svg, .to_tikz, .save)
 from tnderiv.api import clear_caches, diagram, evaluate, forward, jvp, per_sample_grad, plan, vjp
 from tnderiv.api_ggn import GradStats, ggn, grad_stats, loss_hessian_sqrt
 from tnderiv.api_kfac import KFAC, kfac, kfac_factors_input, kfac_factors_output

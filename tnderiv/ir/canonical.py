@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import networkx as nx
 from networkx.algorithms import isomorphism
 
-from tnderiv.ir.nodes import NodeKind
-
-if TYPE_CHECKING:
-    from tnderiv.ir.diagram import Diagram
+from tnderiv.ir.nodes import Node, NodeKind
 
 
-def diagram_graph(diagram: Diagram) -> nx.Graph:
+class Network(Protocol):
+    """What the canonical form reads of a ``Diagram`` (a protocol, so ``diagram`` can import this module)."""
+
+    nodes: tuple[Node, ...]
+    open_legs: tuple[str, ...]
+    sizes: Mapping[str, Any]
+    coefficient: Any
+    open_groups: tuple[int, ...] | None
+
+
+def diagram_graph(diagram: Network) -> nx.Graph:
     """Bipartite graph: tensor nodes and leg nodes; summed legs carry no name, open legs their position."""
     graph = nx.Graph()
     open_pos = {leg: i for i, leg in enumerate(diagram.open_legs)}
@@ -35,14 +43,14 @@ def _ascii(label: str) -> str:
     return label.encode("unicode_escape").decode("ascii")
 
 
-def diagram_hash(diagram: Diagram) -> str:
+def diagram_hash(diagram: Network) -> str:
     """Weisfeiler–Lehman hash of the diagram's graph combined with its global labels."""
     graph = diagram_graph(diagram)
     wl = nx.weisfeiler_lehman_graph_hash(graph, node_attr="label", edge_attr="label", iterations=4)
     return hashlib.blake2b(f"{wl}|{graph.graph['label']}".encode(), digest_size=16).hexdigest()
 
 
-def isomorphic(a: Diagram, b: Diagram) -> bool:
+def isomorphic(a: Network, b: Network) -> bool:
     """Exact check that two diagrams differ only by the names of summed legs and node order."""
     ga, gb = diagram_graph(a), diagram_graph(b)
     if ga.graph["label"] != gb.graph["label"]:

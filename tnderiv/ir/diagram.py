@@ -7,40 +7,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Any
 
 import sympy
 
+from tnderiv.ir.canonical import diagram_hash, isomorphic
+from tnderiv.ir.drawing import Drawable
 from tnderiv.ir.legs import Size, as_size
 from tnderiv.ir.nodes import Node, NodeKind, split_groups
-
-
-class Drawable:
-    """Drawing methods shared by diagrams, sums and derivations (they delegate to ``tnderiv.render``)."""
-
-    def to_tikz(self, standalone: bool = False, **options: Any) -> str:
-        """TikZ with its ``\\tikzset`` (``standalone``: a whole document) that compiles with plain pdflatex."""
-        from tnderiv.render import to_tikz
-
-        return to_tikz(self, standalone=standalone, **options)
-
-    def to_svg(self, **options: Any) -> str:
-        """An SVG document, made without TeX. Options: ``pos``, ``hide_unit_legs``, ``mirror``."""
-        from tnderiv.render import to_svg
-
-        return to_svg(self, **options)
-
-    def save(self, path: str | Path, **options: Any) -> Path:
-        """Write ``.tex``, ``.svg``, ``.pdf`` or ``.png`` (the last two need pdflatex and pdftoppm)."""
-        from tnderiv.render import save
-
-        return save(self, path, **options)
-
-    def _repr_svg_(self) -> str:
-        from tnderiv.render import to_svg
-
-        return to_svg(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,8 +88,6 @@ class Diagram(Drawable):
     @cached_property
     def canonical_hash(self) -> str:
         """Weisfeiler–Lehman hash of the labelled graph; invariant under renaming summed legs."""
-        from tnderiv.ir.canonical import diagram_hash
-
         return diagram_hash(self)
 
     @cached_property
@@ -133,8 +104,6 @@ class Diagram(Drawable):
             return True
         if self.canonical_hash != other.canonical_hash:
             return False
-        from tnderiv.ir.canonical import isomorphic
-
         return isomorphic(self, other)
 
     # ----- checked edits (each returns a new diagram) ------------------------------------------

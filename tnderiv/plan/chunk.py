@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sympy
 
 from tnderiv.ir import NodeKind, terms_of
 from tnderiv.plan.bind import OUTPUT
-
-if TYPE_CHECKING:
-    from tnderiv.plan.compiled import Plan
+from tnderiv.plan.protocol import CompiledPlan
 
 
-def splittable_legs(plan: Plan) -> dict[str, tuple[sympy.Symbol, dict[str, int], int | None]]:
+def splittable_legs(plan: CompiledPlan) -> dict[str, tuple[sympy.Symbol, dict[str, int], int | None]]:
     """Legs the plan can be split over: leg → (its size symbol, axis per operand name, axis of the result or None if summed)."""
     expr = plan.expr
     terms = terms_of(expr)
@@ -76,9 +74,14 @@ def _splittable(terms: Any, leg: str) -> tuple[sympy.Symbol, dict[str, int], int
 class ChunkedRun:
     """Runs ``plan`` chunk by chunk along one leg so that every intermediate fits ``limit`` bytes."""
 
-    def __init__(self, plan: Plan, limit: int, check: Callable[[Mapping[sympy.Symbol, int]], None] | None) -> None:
-        from tnderiv.plan.compiled import get_plan
-
+    def __init__(
+        self,
+        plan: CompiledPlan,
+        limit: int,
+        check: Callable[[Mapping[sympy.Symbol, int]], None] | None,
+        get_plan: Callable[..., CompiledPlan],
+    ) -> None:
+        """``get_plan``: ``plan.compiled.get_plan`` (passed in: this module never imports ``compiled``)."""
         options = splittable_legs(plan)
         options = {leg: v for leg, v in options.items() if plan.bindings.symbols().get(v[0], 0) > 1}
         if not options:
@@ -93,7 +96,7 @@ class ChunkedRun:
 
         expr, given, like, optimize, simplify = plan.expr, plan.shapes, plan._like, plan.optimize, plan.simplify
 
-        def sub_plan(size: int) -> Plan:  # not a closure over ``plan``: the parent must not keep itself alive
+        def sub_plan(size: int) -> CompiledPlan:  # not a closure over ``plan``: the parent must not keep itself alive
             shapes = {}
             for name, shape in given.items():
                 shape = list(shape)

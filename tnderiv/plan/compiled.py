@@ -21,7 +21,9 @@ from tnderiv.ir import Diagram, Expression, node_tag, terms_of
 from tnderiv.plan.backends import Backend, backend_of
 from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
 from tnderiv.plan.cache import LRUCache, register_cache
+from tnderiv.plan.chunk import ChunkedRun
 from tnderiv.plan.constants import device_constant
+from tnderiv.plan.conv import ConvKernel
 from tnderiv.plan.guards import check_operands, check_plan_memory, needed_bytes
 from tnderiv.plan.memory import needs_check
 from tnderiv.plan.optimizers import Candidate, cache_key, candidate_paths, opt_einsum_path, rank, resolve
@@ -252,9 +254,7 @@ class Plan:
         self.chunks: tuple[str, int, int] | None = None
         self._chunked = None
         if memory_limit is not None and self.largest_intermediate_bytes > memory_limit:
-            from tnderiv.plan.chunk import ChunkedRun
-
-            self._chunked = ChunkedRun(self, memory_limit, check)
+            self._chunked = ChunkedRun(self, memory_limit, check, get_plan)
             self.chunks = self._chunked.summary
 
     # ----- running ---------------------------------------------------------------------------------
@@ -400,8 +400,6 @@ class Plan:
 
 def _fused_bias(terms: tuple[TermPlan, ...], out_shape: tuple[int, ...]) -> tuple[Program, str, int] | None:
     """A convolution term plus a per-channel bias term: torch's convolution adds the bias itself (one pass, no copy)."""
-    from tnderiv.plan.conv import ConvKernel
-
     if len(terms) != 2 or not terms[0].full or terms[1].full:
         return None
     conv, bias = terms

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tnderiv.ir import NodeKind, PaddingMode, PatternParams
+from tnderiv.plan.cost import StepCost, conv_factor, grouped_weight_slowdown
 from tnderiv.plan.kernels import Kernel, StepInput, dense_flops
 
 ROLES = ("conv", "conv_transpose", "conv_weight")
@@ -123,6 +124,19 @@ def _index_map(params: PatternParams, positions: np.ndarray, size: int) -> np.nd
     return np.where((idx >= 0) & (idx < size), idx, size)
 
 
+def conv_cost(match: Any, inputs: Sequence[StepInput], sizes: Mapping[str, int], dense: int, size: int) -> StepCost:
+    """Useful multiply-adds of a convolution step, the data it reads and writes, and its grouped-weight slowdown."""
+    prod = lambda legs: math.prod(sizes[leg] for leg in legs)  # noqa: E731
+    useful = 2 * prod(match.batch + match.group + match.cin + match.cout) * math.prod(d.kernel * d.out for d in match.dims)
+    moved = sum(prod(t.legs) for t in inputs if not t.constant) + size
+    slowdown = 1.0
+    if match.role == "conv_weight":
+        positions = math.prod(d.out for d in match.dims)
+        slowdown = grouped_weight_slowdown(prod(match.group), prod(match.cin) * prod(match.cout), positions)
+    overlapping = any(d.kernel > 1 and d.params.stride < (d.kernel - 1) * d.params.dilation + 1 for d in match.dims)
+    return StepCost(match.role, dense, useful, moved, size, conv_factor(overlapping, slowdown))
+
+
 class ConvKernel(Kernel):
     """A step run by ``torch.nn.functional.conv{1,2,3}d``, ``conv_transpose{1,2,3}d`` or the convolution weight gradient."""
 
@@ -179,8 +193,6 @@ class ConvKernel(Kernel):
         functional = torch.nn.functional
         self._conv = getattr(functional, f"conv{self.nd}d", None)
         self._conv_t = getattr(functional, f"conv_transpose{self.nd}d", None)
-        from tnderiv.plan.program import conv_cost
-
         self.cost = conv_cost(m, inputs, sizes, dense_flops(inputs, self.out_legs, sizes), size(self.out_legs))
 
     # ----- borders -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tnderiv.ir import terms_of
 from tnderiv.plan.memory import (
@@ -16,12 +16,10 @@ from tnderiv.plan.memory import (
     check_fits,
     format_bytes,
 )
-
-if TYPE_CHECKING:
-    from tnderiv.plan.compiled import Plan
+from tnderiv.plan.protocol import CompiledPlan
 
 
-def check_operands(plan: Plan, given: Mapping[str, Any]) -> None:
+def check_operands(plan: CompiledPlan, given: Mapping[str, Any]) -> None:
     """Raise unless ``given`` has every operand of ``plan`` with the shape, dtype and device it was made for."""
     missing = [n for n in plan.operand_names if n not in given]
     if missing:
@@ -44,11 +42,11 @@ def check_operands(plan: Plan, given: Mapping[str, Any]) -> None:
             raise ValueError(f"{name} is on {array.device}, but this plan was made for {like.device}")
 
 
-def result_bytes(plan: Plan) -> int:
+def result_bytes(plan: CompiledPlan) -> int:
     return math.prod(plan.out_shape) * plan.term_plans[0].itemsize
 
 
-def needed_bytes(plan: Plan) -> int:
+def needed_bytes(plan: CompiledPlan) -> int:
     """The result plus the intermediates alive at the peak (chunked: all chunk results, their concatenation, one chunk's intermediates)."""
     result = result_bytes(plan)
     if plan._chunked is not None:
@@ -56,7 +54,7 @@ def needed_bytes(plan: Plan) -> int:
     return max(plan.peak_memory, result)
 
 
-def check_plan_memory(plan: Plan, quantity: str) -> None:
+def check_plan_memory(plan: CompiledPlan, quantity: str) -> None:
     """Raise ``MemoryBudgetError`` if ``plan.needed_bytes`` exceed the budget, with the options that would help."""
     needed, result = plan.needed_bytes, result_bytes(plan)
     detail = f"result {list(plan.out_shape)} of {result:,} bytes, peak with intermediates {format_bytes(needed)}"

@@ -14,8 +14,8 @@ from typing import Any
 
 from tnderiv.ir import Diagram, Node, NodeKind
 from tnderiv.plan.constants import device_cached
-from tnderiv.plan.conv import ConvKernel, match_conv
-from tnderiv.plan.cost import StepCost, conv_factor, grouped_weight_slowdown
+from tnderiv.plan.conv import ConvKernel, conv_cost, match_conv
+from tnderiv.plan.cost import StepCost
 from tnderiv.plan.kernels import (
     EinsumKernel,
     Kernel,
@@ -123,19 +123,6 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
     if kind in ("GEMM", "batched GEMM") and len(inputs) == 2 and backend == "torch" and matmul_applies(*inputs, out):
         return StepCost(kind, dense, dense, moved + matmul_copies(inputs[0], inputs[1], out, sizes), size)
     return StepCost(kind, dense, dense, moved, size)
-
-
-def conv_cost(match: Any, inputs: Sequence[StepInput], sizes: Mapping[str, int], dense: int, size: int) -> StepCost:
-    """Useful multiply-adds of a convolution step, the data it reads and writes, and its grouped-weight slowdown."""
-    prod = lambda legs: math.prod(sizes[leg] for leg in legs)  # noqa: E731
-    useful = 2 * prod(match.batch + match.group + match.cin + match.cout) * math.prod(d.kernel * d.out for d in match.dims)
-    moved = sum(prod(t.legs) for t in inputs if not t.constant) + size
-    slowdown = 1.0
-    if match.role == "conv_weight":
-        positions = math.prod(d.out for d in match.dims)
-        slowdown = grouped_weight_slowdown(prod(match.group), prod(match.cin) * prod(match.cout), positions)
-    overlapping = any(d.kernel > 1 and d.params.stride < (d.kernel - 1) * d.params.dilation + 1 for d in match.dims)
-    return StepCost(match.role, dense, useful, moved, size, conv_factor(overlapping, slowdown))
 
 
 def _sparse_pair(inputs: Sequence[StepInput]) -> tuple[StepInput, StepInput] | None:

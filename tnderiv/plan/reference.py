@@ -1,20 +1,25 @@
 """A slow, plain evaluator: every node as a dense numpy array, one einsum per term.
 
-It shares nothing with the compiled plans except the definition of the constants, so rewrite rules
-(and the debug switch that re-checks them) compare a diagram before and after against it.
+It defines the host values of the constant nodes (which the compiled plans share) and shares nothing
+else with them, so rewrite rules (and the debug switch that re-checks them, which this module plugs
+into ``simplify.check``) compare a diagram before and after against it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import opt_einsum as oe
 import sympy
 
-from tnderiv.ir import Diagram, Expression, NodeKind, terms_of
+from tnderiv.ir import Diagram, Expression, Node, NodeKind, PaddingMode, PatternParams, terms_of
+from tnderiv.plan.bind import concrete
+from tnderiv.plan.cache import register_cache
 from tnderiv.plan.layout import leg_array, leg_layout
+from tnderiv.simplify.check import register_reference
 
 
 def integer_sizes(diagram: Diagram, bindings: Mapping[Any, int] | None = None) -> dict[str, int]:
@@ -54,8 +59,6 @@ def output_shape(expr: Expression, bindings: Mapping[Any, int] | None = None) ->
 
 def contract_dense(expr: Expression, operands: Mapping[str, np.ndarray], bindings: Mapping[Any, int] | None = None) -> np.ndarray:
     """``expr`` evaluated with numpy, every constant dense; the result in the user's layout."""
-    from tnderiv.plan.constants import constant_array
-
     total = None
     shape = output_shape(expr, bindings)
     for term in terms_of(expr):
@@ -82,3 +85,84 @@ def random_operands(expr: Expression, bindings: Mapping[Any, int] | None = None,
     """Standard-normal float64 operands of the right user shapes."""
     rng = np.random.default_rng(seed)
     return {name: rng.standard_normal(shape) for name, shape in operand_shapes(expr, bindings).items()}
+
+
+def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
+    """The node's values for these leg sizes (read-only; cached per shape)."""
+    shape = tuple(int(sizes[leg]) for leg in node.legs)
+    if node.kind is NodeKind.PATTERN:
+        assert node.pattern is not None
+        return pattern_array(node.pattern, *shape)
+    if node.kind is NodeKind.DELTA:
+        return delta_array(shape)
+    if node.kind is NodeKind.ONES:
+        return _readonly(np.ones(shape, dtype=np.int8))
+    if node.kind is NodeKind.SCALAR:
+        return _readonly(np.array(node.value))
+    if node.kind is NodeKind.FOLDED:
+        return folded_array(node.network)
+    raise TypeError(f"node {node.display_name!r} of kind {node.kind.value} has no constant value")
+
+
+@lru_cache(maxsize=1024)
+def pattern_array(params: PatternParams, k_size: int, o_size: int, i_size: int) -> np.ndarray:
+    """``Π[k, o, i] = 1 iff i = map(o·S + k·D − P_left)``, with ``map`` given by the padding mode."""
+    k = np.arange(k_size)[:, None]
+    o = np.arange(o_size)[None, :]
+    idx = o * params.stride + k * params.dilation - params.pad_left
+    idx = np.broadcast_to(idx, (k_size, o_size)).copy()
+    if params.mode is PaddingMode.REFLECT:
+        idx = np.where(idx < 0, -idx, idx)
+        idx = np.where(idx >= i_size, 2 * (i_size - 1) - idx, idx)
+    elif params.mode is PaddingMode.REPLICATE:
+        idx = np.clip(idx, 0, i_size - 1)
+    elif params.mode is PaddingMode.CIRCULAR:
+        idx = np.mod(idx, i_size)
+    valid = (idx >= 0) & (idx < i_size)
+    out = np.zeros((k_size, o_size, i_size), dtype=np.int8)
+    kk, oo = np.nonzero(valid)
+    out[kk, oo, idx[kk, oo]] = 1
+    return _readonly(out)
+
+
+@lru_cache(maxsize=256)
+def folded_array(network: Diagram) -> np.ndarray:
+    """The values of a constant-only diagram (its sizes bound to integers), contracted once and cached."""
+    sizes = {leg: int(size) for leg, size in network.sizes.items() if size.is_Integer}
+    unbound = set(network.sizes) - set(sizes)
+    if unbound:
+        raise ValueError(f"a folded constant needs bound sizes, but legs {sorted(unbound)} are symbolic: {network}")
+    value = contract_dense(network, {}).reshape(tuple(sizes[leg] for leg in network.open_legs))
+    return _readonly(np.array(value, dtype=np.float64, order="C"))
+
+
+@lru_cache(maxsize=256)
+def delta_array(shape: tuple[int, ...]) -> np.ndarray:
+    """Copy tensor: 1 where all indices agree."""
+    if len(set(shape)) > 1:
+        raise ValueError(f"a copy tensor needs legs of equal size, got {shape}")
+    out = np.zeros(shape, dtype=np.int8)
+    if shape:
+        out[(np.arange(shape[0]),) * len(shape)] = 1
+    return _readonly(out)
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+class _CheckReference:
+    """The rewrite checker's oracle: sizes bound (legs, views, folded constants), then contracted densely."""
+
+    def operand_shapes(self, diagram: Diagram, bindings: Mapping[Any, int]) -> dict[str, tuple[int, ...]]:
+        return operand_shapes(concrete(diagram, bindings))
+
+    def contract(self, diagram: Diagram, operands: Mapping[str, np.ndarray], bindings: Mapping[Any, int]) -> np.ndarray:
+        return contract_dense(concrete(diagram, bindings), operands)
+
+
+register_cache("patterns", "index patterns Π on the host (numpy)", lambda: pattern_array)
+register_cache("folded", "folded constant-only networks on the host (numpy)", lambda: folded_array)
+register_cache("deltas", "copy tensors on the host (numpy)", lambda: delta_array)
+register_reference(_CheckReference())

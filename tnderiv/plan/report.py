@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tnderiv.plan.compiled import Plan
+from tnderiv.plan.protocol import CompiledPlan
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def format_text(plan: Plan) -> str:
+def format_text(plan: CompiledPlan) -> str:
     """The report ``str(plan)`` prints."""
     lines = [f"plan for {plan.expr}"]
     sizes = plan.to_dict()["sizes"]
@@ -97,7 +96,7 @@ def format_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def format_html(plan: Plan) -> str:
+def format_html(plan: CompiledPlan) -> str:
     """An HTML table of the steps (Jupyter)."""
     esc = html.escape
     rows = []

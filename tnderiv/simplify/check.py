@@ -8,8 +8,9 @@ checking plan-time rewrites of large layers is slow — it is a debugging aid.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import sympy
@@ -22,6 +23,30 @@ TRIAL_SIZES = (7, 10, 16, 25)
 
 class RewriteCheckError(AssertionError):
     """A rewrite rule changed the value of a diagram."""
+
+
+class DenseReference(Protocol):
+    """A dense evaluator independent of the rewrites (``plan.reference`` registers one; simplify never imports plan)."""
+
+    def operand_shapes(self, diagram: Diagram, bindings: Mapping[sympy.Symbol, int]) -> dict[str, tuple[int, ...]]:
+        """The user-layout shape of every operand once ``bindings`` give the sizes."""
+        ...
+
+    def contract(
+        self, diagram: Diagram, operands: Mapping[str, np.ndarray], bindings: Mapping[sympy.Symbol, int]
+    ) -> np.ndarray:
+        """``diagram``'s value for these operands and sizes, in the user's layout."""
+        ...
+
+
+_REFERENCE: list[DenseReference] = []
+
+
+def register_reference(reference: DenseReference) -> None:
+    """Install the evaluator ``verify`` compares against (the last one registered is used)."""
+    if not callable(getattr(reference, "contract", None)) or not callable(getattr(reference, "operand_shapes", None)):
+        raise TypeError(f"reference={reference!r}: expected an object with contract() and operand_shapes()")
+    _REFERENCE[:] = [reference]
 
 
 def checking() -> bool:
@@ -72,22 +97,30 @@ def trial_bindings(*diagrams: Diagram) -> dict[sympy.Symbol, int]:
 
 def verify(rule: str, before: Diagram, after: Diagram, seed: int = 0) -> None:
     """Raise :class:`RewriteCheckError` unless ``before`` and ``after`` agree on random operands."""
-    from tnderiv.plan.bind import concrete
-    from tnderiv.plan.reference import contract_dense, operand_shapes
-
+    if not _REFERENCE:
+        raise RuntimeError("no dense reference evaluator is registered: tnderiv.plan registers it on import")
+    reference = _REFERENCE[0]
     bindings = trial_bindings(before, after)
-    a, b = concrete(before, bindings), concrete(after, bindings)
     rng = np.random.default_rng(seed)
-    shapes = operand_shapes(a)
-    for name, shape in operand_shapes(b).items():
+    shapes = reference.operand_shapes(before, bindings)
+    for name, shape in reference.operand_shapes(after, bindings).items():
         if shapes.setdefault(name, shape) != shape:
             raise RewriteCheckError(f"rule {rule!r} changed the shape of operand {name}: {shapes[name]} → {shape}")
     operands = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
-    want, got = contract_dense(a, operands), contract_dense(b, operands)
+    want, got = reference.contract(before, operands, bindings), reference.contract(after, operands, bindings)
     if want.shape != got.shape or not np.allclose(want, got, rtol=1e-9, atol=1e-9 * (1 + np.abs(want).max(initial=0))):
         raise RewriteCheckError(
             f"rule {rule!r} changed the value of the diagram (sizes {bindings}):\n  before: {before}\n  after:  {after}"
         )
 
 
-__all__ = ["NodeKind", "RewriteCheckError", "check_rewrites", "checking", "trial_bindings", "verify"]
+__all__ = [
+    "DenseReference",
+    "NodeKind",
+    "RewriteCheckError",
+    "check_rewrites",
+    "checking",
+    "register_reference",
+    "trial_bindings",
+    "verify",
+]

@@ -1,0 +1,50 @@
+"""Drawing methods for IR values, with the emitters registered by ``tnderiv.render`` (``ir`` never imports it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_EMITTERS: dict[str, Callable[..., Any]] = {}
+_NAMES = ("to_tikz", "to_svg", "save")
+
+
+def register_emitters(*, to_tikz: Callable[..., str], to_svg: Callable[..., str], save: Callable[..., Path]) -> None:
+    """Install the functions behind ``Drawable.to_tikz``/``to_svg``/``save``/``_repr_svg_`` (``tnderiv.render`` on import)."""
+    for name, fn in zip(_NAMES, (to_tikz, to_svg, save), strict=True):
+        if not callable(fn):
+            raise TypeError(f"{name}={fn!r}: expected a callable")
+    _EMITTERS.update(to_tikz=to_tikz, to_svg=to_svg, save=save)
+
+
+def _emitter(name: str) -> Callable[..., Any]:
+    try:
+        return _EMITTERS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"no emitter {name!r} is registered: drawing needs tnderiv.render, which registers them on import "
+            "(`import tnderiv` does this)"
+        ) from None
+
+
+class Drawable:
+    """Drawing methods shared by diagrams, sums and derivations (they call the emitters ``tnderiv.render`` registers)."""
+
+    def to_tikz(self, standalone: bool = False, **options: Any) -> str:
+        """TikZ with its ``\\tikzset`` (``standalone``: a whole document) that compiles with plain pdflatex."""
+        return _emitter("to_tikz")(self, standalone=standalone, **options)
+
+    def to_svg(self, **options: Any) -> str:
+        """An SVG document, made without TeX. Options: ``pos``, ``hide_unit_legs``, ``mirror``."""
+        return _emitter("to_svg")(self, **options)
+
+    def save(self, path: str | Path, **options: Any) -> Path:
+        """Write ``.tex``, ``.svg``, ``.pdf`` or ``.png`` (the last two need pdflatex and pdftoppm)."""
+        return _emitter("save")(self, path, **options)
+
+    def _repr_svg_(self) -> str:
+        return _emitter("to_svg")(self)
+
+
+__all__ = ["Drawable", "register_emitters"]
