@@ -57,7 +57,7 @@ def choose_stubs(state: LayoutState, ends: dict[str, list[str]], routes: list[Ro
                 if other.key != anchor and (segment.hits(hit_box) or hit_box.overlaps(box)):
                     score += 100
             for curve in curves:
-                score += 8 * curve.hits(box.inflate(0.02)) + 8 * crosses(curve, segment)
+                score += 20 * curve.hits(box.inflate(0.02)) + 8 * crosses(curve, segment)
             for stub, other_segment, other_box in chosen:
                 if other_box.overlaps(box) or other_segment.hits(box):
                     score += 60
