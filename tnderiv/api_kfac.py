@@ -1,4 +1,7 @@
-"""Public KFAC entry points: factors derived from the layer's diagram, and the Kronecker operator they define.
+"""Public KFAC entry points: factors derived from the layer's diagram, evaluated and cached, as a Kronecker operator.
+
+The operator classes live in ``api_kfac_operators`` and the argument checks in ``api_kfac_checks``;
+both are re-exported here (``tnderiv.api_kfac.KFAC`` etc. keep working).
 
 Conventions (docs/conventions.md): ``A`` is the input-side factor ``[G, d_in, d_in]`` (an average over
 samples, and over positions for expand), ``G`` the output-side factor ``[G, d_out, d_out]`` (a sum,
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,17 @@ import opt_einsum as oe
 import sympy
 import torch
 
-from tnderiv.api import BUFFERS, _network, check_tensors
+from tnderiv.api import _network
+from tnderiv.api_kfac_checks import (
+    check_flag,
+    check_k,
+    check_torch,
+    input_tensors,
+    is_sqrt,
+    output_rank,
+    structured_request,
+)
+from tnderiv.api_kfac_operators import KFAC, KroneckerBlock, KroneckerOperator, ParamLayout, param_layout
 from tnderiv.api_structured import StructuredGram, structured_gram
 from tnderiv.calculus.kfac import (
     INPUT_HALF,
@@ -34,7 +47,7 @@ from tnderiv.calculus.kfac import (
     parse_loss_average,
 )
 from tnderiv.calculus.structured import Structure
-from tnderiv.ir import Diagram, terms_of
+from tnderiv.ir import Diagram
 from tnderiv.layers.base import LayerNetwork
 from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import Bindings, bind_sizes
@@ -167,186 +180,6 @@ def _prod(sizes: Mapping[str, int], legs: Sequence[str]) -> int:
     return math.prod(sizes[leg] for leg in legs)
 
 
-# ----- the Kronecker operator ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParamLayout:
-    """How the entries of a parameter map to a block ``[G, d_out, d_in]`` (``d_in = 1`` for a bias)."""
-
-    name: str
-    shape: tuple[int, ...]
-    leg_shape: tuple[int, ...]
-    perm: tuple[int, ...]
-    blocks: tuple[int, int, int]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def to_blocks(self, v: Any) -> Any:
-        """``v`` shaped like the parameter → ``[G, d_out, d_in]``."""
-        return v.reshape(self.leg_shape).permute(self.perm).reshape(self.blocks)
-
-    def from_blocks(self, b: Any) -> Any:
-        """``[G, d_out, d_in]`` → shaped like the parameter."""
-        permuted = tuple(self.leg_shape[p] for p in self.perm)
-        inverse = tuple(int(i) for i in np.argsort(self.perm))
-        return b.reshape(permuted).permute(inverse).reshape(self.shape)
-
-
-def _layout(split: KFACSplit, sizes: Mapping[str, int]) -> ParamLayout:
-    legs = split.param_legs
-    leg_shape = tuple(sizes[leg] for leg in legs)
-    order = (*split.group_legs, *split.output_legs, *split.input_legs)
-    perm = tuple(legs.index(leg) for leg in order)
-    shape, start = [], 0
-    for length in split.param_groups:
-        shape.append(math.prod(leg_shape[start : start + length]))
-        start += length
-    blocks = (_prod(sizes, split.group_legs), _prod(sizes, split.output_legs), _prod(sizes, split.input_legs))
-    return ParamLayout(split.param, tuple(shape), leg_shape, perm, blocks)
-
-
-@dataclass(frozen=True)
-class KroneckerBlock:
-    """``left ⊗ right`` per group on the parameters ``layouts`` (joined along ``d_in``).
-
-    With ``weights`` (``[G, d_out, d_in]``) the block is ``(left ⊗ right) diag(weights) (left ⊗ right)ᵀ``
-    (an eigendecomposition: how inverses are stored).
-    """
-
-    layouts: tuple[ParamLayout, ...]
-    left: Any
-    right: Any
-    weights: Any = None
-
-    def apply(self, v: Any) -> Any:
-        """``[G, d_out, d_in]`` → the block times ``v``, same shape."""
-        if self.weights is None:
-            return self.left @ v @ self.right.transpose(-1, -2)
-        inner = self.left.transpose(-1, -2) @ v @ self.right
-        return self.left @ (self.weights * inner) @ self.right.transpose(-1, -2)
-
-    def dense(self) -> Any:
-        """``[G, d_out·d_in, d_out·d_in]``."""
-        g, a, b = self.left.shape[0], self.left.shape[-1], self.right.shape[-1]
-        # per-group Kronecker product left[g] ⊗ right[g] (operator algebra, not a layer quantity)
-        kron = (self.left[:, :, None, :, None] * self.right[:, None, :, None, :]).reshape(g, a * b, a * b)
-        if self.weights is None:
-            return kron
-        return kron @ (self.weights.reshape(g, -1, 1) * kron.transpose(-1, -2))
-
-
-@dataclass(frozen=True)
-class KroneckerOperator:
-    """A block-diagonal operator on ``(weight, bias)`` made of Kronecker blocks."""
-
-    blocks: tuple[KroneckerBlock, ...]
-    params: tuple[ParamLayout, ...]
-
-    @property
-    def numel(self) -> int:
-        """Number of parameters the operator acts on."""
-        return sum(p.numel for p in self.params)
-
-    def matvec(self, v: Any) -> Any:
-        """The operator times ``v``: a flat ``[P]`` vector (``weight.flatten()`` then ``bias``) or a dict by name."""
-        tensors = self._split(v)
-        out: dict[str, Any] = {}
-        for block in self.blocks:
-            parts = [layout.to_blocks(tensors[layout.name]) for layout in block.layouts]
-            result = block.apply(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
-            start = 0
-            for layout in block.layouts:
-                width = layout.blocks[2]
-                out[layout.name] = layout.from_blocks(result[..., start : start + width])
-                start += width
-        if isinstance(v, Mapping):
-            return out
-        return _cat_flat([out[p.name] for p in self.params])
-
-    def __matmul__(self, v: Any) -> Any:
-        return self.matvec(v)
-
-    def to_dense(self) -> Any:
-        """The dense ``[P, P]`` matrix (small layers only)."""
-        first = self.blocks[0].left
-        dense = torch.zeros(self.numel, self.numel, dtype=first.dtype, device=first.device)
-        offsets = dict(zip((p.name for p in self.params), np.cumsum([0] + [p.numel for p in self.params]).tolist()))
-        for block in self.blocks:
-            parts = []
-            for layout in block.layouts:
-                index = torch.arange(offsets[layout.name], offsets[layout.name] + layout.numel, device=first.device)
-                parts.append(layout.to_blocks(index))
-            index = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-            flat = index.reshape(index.shape[0], -1)
-            values = block.dense()
-            for g in range(flat.shape[0]):
-                dense[flat[g][:, None], flat[g][None, :]] = values[g]
-        return dense
-
-    def _split(self, v: Any) -> dict[str, Any]:
-        if isinstance(v, Mapping):
-            unknown = set(v) - {p.name for p in self.params}
-            missing = {p.name for p in self.params} - set(v)
-            if unknown or missing:
-                raise ValueError(f"v has entries {sorted(v)}; expected exactly {[p.name for p in self.params]}")
-            for p in self.params:
-                if tuple(v[p.name].shape) != p.shape:
-                    raise ValueError(f"v[{p.name!r}] has shape {tuple(v[p.name].shape)}; expected {p.shape}")
-            return dict(v)
-        if not hasattr(v, "shape") or tuple(v.shape) != (self.numel,):
-            shape = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
-            raise ValueError(f"v has shape {shape}; expected a flat vector [{self.numel}] or a dict {{name: tensor}}")
-        out, start = {}, 0
-        for p in self.params:
-            out[p.name] = v[start : start + p.numel].reshape(p.shape)
-            start += p.numel
-        return out
-
-
-def _cat_flat(tensors: Sequence[Any]) -> Any:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-@dataclass(frozen=True)
-class KFAC(KroneckerOperator):
-    """KFAC of a layer: ``A`` ``[G, d_in, d_in]``, ``G`` ``[G, d_out, d_out]`` and, for ``bias="separate"``,
-    ``A_bias`` ``[G, 1, 1]`` and ``G_bias`` ``[G, d_out, d_out]`` (``None`` without a bias).
-
-    The weight block is ``G[g] ⊗ A[g]`` per group (``bias="append"``: on ``[weight | bias]`` rows,
-    ``A`` then has ``d_in + 1`` rows). ``plans`` are the compiled plans that ran, by factor name.
-    """
-
-    A: Any = None
-    G: Any = None
-    A_bias: Any = None
-    G_bias: Any = None
-    approx: str = "expand"
-    bias: str = "separate"
-    plans: Mapping[str, tuple[Plan, ...]] = field(default_factory=dict)
-
-    def inverse(self, damping: float = 0.0, *, damp: str = "exact") -> KroneckerOperator:
-        """``(KFAC + damping·I)⁻¹`` (``damp="exact"``) or ``(A + √δ I)⁻¹ ⊗ (G + √δ I)⁻¹`` per block
-        (``damp="factors"``), from eigendecompositions of the factors."""
-        if not isinstance(damping, (int, float)) or isinstance(damping, bool) or damping < 0:
-            raise ValueError(f"damping={damping!r}: expected a non-negative number")
-        if damp not in ("exact", "factors"):
-            raise ValueError(f"damp={damp!r} is not supported; expected 'exact' or 'factors'")
-        blocks = []
-        for block in self.blocks:
-            sigma, left = torch.linalg.eigh(block.left)
-            lam, right = torch.linalg.eigh(block.right)
-            if damp == "exact":
-                weights = 1.0 / (sigma[:, :, None] * lam[:, None, :] + damping)
-            else:
-                root = math.sqrt(damping)
-                weights = 1.0 / ((sigma[:, :, None] + root) * (lam[:, None, :] + root))
-            blocks.append(KroneckerBlock(block.layouts, left, right, weights))
-        return KroneckerOperator(tuple(blocks), self.params)
-
-
 # ----- public functions ------------------------------------------------------------------------------
 
 
@@ -477,85 +310,7 @@ def _cat(tensors: Sequence[Any], dim: int) -> Any:
     return torch.cat(list(tensors), dim=dim)
 
 
-def _output_rank(network: LayerNetwork) -> int:
-    return len(terms_of(network.forward)[0].open_axis_groups)
-
-
-def _is_sqrt(network: LayerNetwork, grad_out: Any, hessian_sqrt: bool | None) -> bool:
-    rank = _output_rank(network)
-    if hessian_sqrt is not None:
-        expected = rank + 1 if hessian_sqrt else rank
-        if grad_out.ndim != expected:
-            what = "a loss-Hessian square root [M, N, *output]" if hessian_sqrt else "an output gradient [N, *output]"
-            raise ValueError(f"grad_out has shape {tuple(grad_out.shape)}; {what} needs {expected} axes for this layer")
-        return hessian_sqrt
-    if grad_out.ndim == rank:
-        return False
-    if grad_out.ndim == rank + 1:
-        return True
-    raise ValueError(
-        f"grad_out has shape {tuple(grad_out.shape)}; expected the output gradient with {rank} axes [N, *output] "
-        f"or a loss-Hessian square root with {rank + 1} axes [M, N, *output]"
-    )
-
-
-def _check_torch(tensors: Mapping[str, Any]) -> None:
-    """Validate like every entry point, then require torch tensors (the Kronecker operator uses torch.linalg)."""
-    check_tensors(tensors)
-    for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}; KFAC needs torch tensors")
-        if 0 in value.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(value.shape)} with an empty axis; KFAC needs at least one sample and position "
-                "(its factors average over them)"
-            )
-
-
-def _input_tensors(layer: Any, x: Any, operands: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``x``, other operands by name and a module's running statistics, checked (torch, one dtype and device)."""
-    tensors = {"x": x, **{name: value for name, value in operands.items() if value is not None}}
-    if isinstance(layer, torch.nn.Module):
-        for name in BUFFERS:
-            if name not in tensors and isinstance(getattr(layer, name, None), torch.Tensor):
-                tensors[name] = getattr(layer, name).detach()
-    _check_torch({**tensors, **(extra or {})})
-    return tensors
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r}: expected a bool")
-
-
 # ----- structured factors (SINGD): Π_struct(Kᵀ A K) from the evaluated half, the d × d factor never formed -----
-
-
-def _structured_request(structure: Any, K: Any, unreduced: bool) -> Structure | None:
-    """The parsed structure, or None for today's dense factor (``structure="dense"`` without ``K``)."""
-    struct = Structure.parse(structure)
-    if struct.kind == "dense" and K is None:
-        return None
-    if unreduced:
-        raise ValueError(
-            f"structure={structure!r} (or K=) with unreduced=True is not supported; "
-            "take the half with unreduced=True and pass its rows to tnderiv.structured_gram"
-        )
-    return struct
-
-
-def _check_k(K: Any, groups: int, d: int) -> list[Any]:
-    """``K`` per group: one ``[d, d]`` tensor or structured matrix (``rmatmat``) for all groups, or a list of ``G``."""
-    ks = list(K) if isinstance(K, (list, tuple)) else [K] * groups
-    if len(ks) != groups:
-        raise ValueError(f"K is a list of {len(ks)}; expected one K for all groups or a list of {groups} (one per group)")
-    for k in ks:
-        if isinstance(k, torch.Tensor):
-            if tuple(k.shape) != (d, d):
-                raise ValueError(f"K has shape {list(k.shape)}; expected [{d}, {d}] (the factor's dimension)")
-        elif k is not None and not callable(getattr(k, "rmatmat", None)):
-            raise TypeError(f"K must be a [{d}, {d}] tensor or a structured matrix with rmatmat, got {type(k).__name__}")
-    return ks
 
 
 def _structured_factor(side: _Side, struct: Structure, K: Any, append: bool) -> Any:
@@ -563,7 +318,7 @@ def _structured_factor(side: _Side, struct: Structure, K: Any, append: bool) -> 
 
     Returns a ``StructuredGram`` (one group) or a list of them (one per group)."""
     groups, d = side.dims()
-    ks = _check_k(K, groups, d + int(append))
+    ks = check_k(K, groups, d + int(append))
     prepared = side.prepared
     plan = prepared.plans[0]
     if needs_check(plan.needed_bytes):
@@ -606,9 +361,9 @@ def kfac_factors_input(
     a list with one per group. Not with ``unreduced=True``.
     """
     approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
-    _check_flag("unreduced", unreduced)
-    struct = _structured_request(structure, K, unreduced)
-    tensors = _input_tensors(layer, x, operands)
+    check_flag("unreduced", unreduced)
+    struct = structured_request(structure, K, unreduced)
+    tensors = input_tensors(layer, x, operands)
     network = _network(layer, {"x": tuple(x.shape)})
     side = _input_side(network, tensors, approx_, bias_, optimize, unreduced or struct is not None)
     if struct is not None:
@@ -646,11 +401,11 @@ def kfac_factors_output(
     ``StructuredGram`` per group (a list for ``G > 1``), from ``g`` alone.
     """
     approx_, loss_average_ = Approx.parse(approx), parse_loss_average(loss_average)
-    _check_flag("unreduced", unreduced)
-    struct = _structured_request(structure, K, unreduced)
+    check_flag("unreduced", unreduced)
+    struct = structured_request(structure, K, unreduced)
     if hessian_sqrt is not None:
-        _check_flag("hessian_sqrt", hessian_sqrt)
-    _check_torch({"grad_out": grad_out})
+        check_flag("hessian_sqrt", hessian_sqrt)
+    check_torch({"grad_out": grad_out})
     network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
     if struct is not None:
         return _structured_factor(_output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, True), struct, K, False)
@@ -662,7 +417,7 @@ def _output_network(layer: Any, grad_out: Any, hessian_sqrt: bool | None) -> tup
     shape = tuple(grad_out.shape)
     as_grad = _network(layer, {"grad_out": shape})
     as_sqrt = _network(layer, {"grad_out": shape[1:]}) if len(shape) > 1 else as_grad
-    grad_fits, sqrt_fits = _output_rank(as_grad) == len(shape), _output_rank(as_sqrt) == len(shape) - 1
+    grad_fits, sqrt_fits = output_rank(as_grad) == len(shape), output_rank(as_sqrt) == len(shape) - 1
     if hessian_sqrt is None:
         if grad_fits and sqrt_fits:
             raise ValueError(
@@ -671,7 +426,7 @@ def _output_network(layer: Any, grad_out: Any, hessian_sqrt: bool | None) -> tup
             )
         hessian_sqrt = sqrt_fits and not grad_fits
     network = as_sqrt if hessian_sqrt else as_grad
-    return network, _is_sqrt(network, grad_out, hessian_sqrt)
+    return network, is_sqrt(network, grad_out, hessian_sqrt)
 
 
 def kfac(
@@ -696,9 +451,9 @@ def kfac(
     ``G[g] ⊗ A[g]`` per group of the weight. Other operands go by name, as for ``kfac_factors_input``.
     """
     approx_, bias_, loss_average_ = Approx.parse(approx), BiasMode.parse(bias), parse_loss_average(loss_average)
-    tensors = _input_tensors(layer, x, operands, {"grad_out": grad_out})
+    tensors = input_tensors(layer, x, operands, {"grad_out": grad_out})
     network = _network(layer, {"x": tuple(x.shape)})
-    sqrt = _is_sqrt(network, grad_out, None)
+    sqrt = is_sqrt(network, grad_out, None)
     ins = _input_side(network, tensors, approx_, bias_, optimize, False)
     outs = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False)
     _check_agree(ins, outs, x, grad_out)
@@ -706,11 +461,11 @@ def kfac(
     G = outs.evaluate()[0]
     inputs = _finish_inputs(ins)
     plans = {**inputs.plans, "G": tuple(outs.prepared.plans)}
-    weight = _layout(ins.split, sizes)
+    weight = param_layout(ins.split, sizes)
     if "bias" not in network.params:
         return KFAC((KroneckerBlock((weight,), G, inputs.A),), (weight,), inputs.A, G, None, None, approx_.value, bias_.value, plans)
     bias_split, _, _ = bias_input_factors(network, approx_)
-    bias_layout = _layout(bias_split, sizes)
+    bias_layout = param_layout(bias_split, sizes)
     if bias_ is BiasMode.APPEND:
         block = KroneckerBlock((weight, bias_layout), G, inputs.A)
         return KFAC((block,), (weight, bias_layout), inputs.A, G, None, None, approx_.value, bias_.value, plans)
