@@ -126,9 +126,7 @@ def compute_over(curv: Any, batches: Iterable[tuple[Any, torch.Tensor]], quantit
     if "grad" not in names:
         grads = {c: _all_reduce(sums["grad"][c], group) / d if c in sums.get("grad", {}) else None for c in curv.selection.params}
     if set_grad:
-        from tnderiv.model.curvature import _accumulate_grads
-
-        _accumulate_grads(curv.model, grads)
+        accumulate_grads(curv.model, grads)
     loss = torch.tensor(float(totals[0]) / d, dtype=last.loss.dtype)
     gram = last.ggn_gram if "ggn_gram" in names else None
     return CurvatureResult(loss, names, values, curvature, grads, gram, last.rows, n, last.notes, divisor=int(d))
@@ -167,4 +165,17 @@ def _c(loss_average: str | None, n: float, rows: float) -> float:
     return {None: 1.0, "batch": float(n), "batch+positions": float(rows)}[loss_average]
 
 
-__all__ = ["compute_over", "parse_quantities"]
+def accumulate_grads(model: torch.nn.Module, grads: dict[str, torch.Tensor | None]) -> None:
+    """``.grad`` as ``loss.backward()`` leaves it: accumulated into what was there."""
+    params = dict(model.named_parameters())
+    for name, g in grads.items():
+        if g is None:
+            continue
+        p = params[name]
+        if p.grad is None:
+            p.grad = g.detach().clone()
+        else:
+            p.grad.add_(g.detach())
+
+
+__all__ = ["accumulate_grads", "compute_over", "parse_quantities"]

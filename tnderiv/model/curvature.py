@@ -17,6 +17,7 @@ from torch import nn
 
 from tnderiv.calculus.kfac import Approx, BiasMode, parse_loss_average
 from tnderiv.model import vivit
+from tnderiv.model.accumulate import accumulate_grads, compute_over
 from tnderiv.model.batch import BatchValues, Options, compute_batch
 from tnderiv.model.columns import Pass, run_model
 from tnderiv.model.loss import FISHERS, ModelLoss
@@ -101,7 +102,7 @@ class Curvature:
         self._hessian_diagonals(x, y, names, values)
         result = self._result(run, values, names)
         if set_grad:
-            _accumulate_grads(self.model, run.param_grads)
+            accumulate_grads(self.model, run.param_grads)
         return result
 
     def _check(self, quantities: Any, set_grad: Any) -> tuple[str, ...]:
@@ -252,8 +253,6 @@ class Curvature:
     ) -> CurvatureResult:
         """The quantities over all ``(x, y)`` in ``batches``, as if computed on their concatenation (and, with
         ``torch.distributed`` initialized or ``process_group`` given, on the concatenation over all ranks)."""
-        from tnderiv.model.accumulate import compute_over
-
         return compute_over(self, batches, quantities, set_grad=set_grad)
 
 
@@ -284,19 +283,6 @@ def _couples_samples(module: nn.Module) -> bool:
 def _no_autocast(like: torch.Tensor) -> Any:
     """Layer quantities run outside autocast, in at least float32."""
     return torch.autocast(like.device.type, enabled=False)
-
-
-def _accumulate_grads(model: nn.Module, grads: dict[str, torch.Tensor | None]) -> None:
-    """``.grad`` as ``loss.backward()`` leaves it: accumulated into what was there."""
-    params = dict(model.named_parameters())
-    for name, g in grads.items():
-        if g is None:
-            continue
-        p = params[name]
-        if p.grad is None:
-            p.grad = g.detach().clone()
-        else:
-            p.grad.add_(g.detach())
 
 
 __all__ = ["Curvature"]
