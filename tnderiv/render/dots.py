@@ -54,6 +54,9 @@ def _free_spot(state: LayoutState, bary: Point, keys: list[str], leg: str) -> Po
               for k in state.dot_ends[s.key]]  # fmt: skip
     keep_clear = [s.box.inflate(0.3) for s in state.shapes.values()]
     dots = [s.center for s in state.shapes.values() if s.kind is ShapeKind.HYPEREDGE]
+    # two open dots on the mirror axis keep room between them for a stub and its label
+    spacing = 0.8 if on_axis and state.is_open(leg) else 0.45
+    open_dots = [s.center for s in state.shapes.values() if s.kind is ShapeKind.HYPEREDGE and state.is_open(s.key[4:])]
     ends = [state.shapes[k].center for k in keys]
     walls = [(s.key, s.box.inflate(0.05)) for s in state.shapes.values() if not s.is_dot]
     for step in range(16 if on_axis else 8):  # on the axis only two directions: search it finer
@@ -64,6 +67,7 @@ def _free_spot(state: LayoutState, bary: Point, keys: list[str], leg: str) -> Po
             score = r
             score += 100 * sum(box.contains(p) for box in keep_clear)
             score += 100 * sum(distance(c, p) < 0.45 for c in dots)
+            score += 30 * sum(distance(c, p) < spacing for c in open_dots)
             if score >= best_score:
                 continue
             score += 20 * sum(1 for a, b in edges if segment_distance(p, a, b) < 0.15)
