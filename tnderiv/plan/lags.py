@@ -32,6 +32,13 @@ from tnderiv.simplify.lags import GluedLags, glued_lags
 # A small torch call costs about this many FLOP-equivalents of Python and dispatch overhead
 # (~5–10 µs on one CPU thread): the lag program runs one GEMM per lag and a few calls per frame slab.
 OP_COST = 3e5
+# Chosen only where its score is clearly lower: many small GEMMs and passes over the d×d factor run
+# slower per FLOP than the one Gram GEMM of the general path (measured: benchmarks/bench_kfac_lags.py).
+# Calibrated on the real layers of benchmarks/bench_kfac_lags.py (CPU, one thread): with several
+# channels per group the lag program ran 1.3–2× slower than its score relative to gather + GEMM; with
+# one channel per group (depthwise: dot products instead of GEMMs) faster than its score.
+LAG_MARGIN = 0.6
+LAG_MARGIN_DEPTHWISE = 0.9
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,11 @@ class LagCost:
     lag_time: float
     unfold_flops: int
     unfold_time: float
+    depthwise: bool = False
 
     @property
     def chosen(self) -> bool:
-        return self.lag_time < self.unfold_time
+        return self.lag_time < (LAG_MARGIN_DEPTHWISE if self.depthwise else LAG_MARGIN) * self.unfold_time
 
 
 @dataclass(frozen=True)
@@ -82,23 +90,37 @@ class LagProgram:
         trailing = F.pad(xr, [p for q in reversed(pads) for p in (0, q)]) if any(pads) else xr
         flat = trailing.movedim(0, 2).reshape(g, c, -1)  # [G, C, N·Π(I+p)]
         length = flat.shape[-1]
-        lags = [flat[..., : length - s] @ flat[..., s:].transpose(-1, -2) for s in self.shifts]  # [G, C, C'] each
-        stacked = torch.stack(lags + [lag.transpose(-1, -2) for lag in lags[1:]])  # lag 0 first
-        index = torch.tensor(self.index, device=x.device)
-        kk = math.prod(self.kernel)
-        A = stacked[index].permute(2, 3, 0, 4, 1).reshape(g, c * kk, c * kk)  # [G, (C, K), (C', K')]
-        if self.slabs:
-            both = F.pad(xr, [p for q in reversed(pads) for p in (q, q)]) if any(pads) else xr
-            windows = both
-            for d in range(dims):
-                windows = windows.unfold(3 + d, pads[d] + 1, 1)
-            windows = windows[(..., *(slice(None, None, dd) for dd in self.dilation))]  # [N, G, C, *W, *K]
-            for slab in self.slabs:
-                part = windows[(slice(None), slice(None), slice(None), *(slice(lo, hi) for lo, hi in slab))]
-                order = (1, 0, *range(3, 3 + dims), 2, *range(3 + dims, 3 + 2 * dims))
-                a = part.permute(order).reshape(g, -1, c * kk)
-                A = A - a.transpose(-1, -2) @ a
-        return A * self.scale
+        lags = [_correlate(flat[..., : length - s], flat[..., s:]) for s in self.shifts]  # [G, C, C'] each
+        stacked = torch.stack(lags + [lag.transpose(-1, -2) for lag in lags[1:]])  # [J, G, C, C'], lag 0 first
+        kk, device = math.prod(self.kernel), x.device
+        index = torch.tensor(self.index, device=device)
+        # one gather straight into the layout [G, C, K, C', K']
+        A = stacked[
+            index[None, None, :, None, :],
+            torch.arange(g, device=device)[:, None, None, None, None],
+            torch.arange(c, device=device)[None, :, None, None, None],
+            torch.arange(c, device=device)[None, None, None, :, None],
+        ].reshape(g, c * kk, c * kk)
+        if not self.slabs:
+            return A.mul_(self.scale)
+        both = F.pad(xr, [p for q in reversed(pads) for p in (q, q)]) if any(pads) else xr
+        windows = both
+        for d in range(dims):
+            windows = windows.unfold(3 + d, pads[d] + 1, 1)
+        windows = windows[(..., *(slice(None, None, dd) for dd in self.dilation))]  # [N, G, C, *W, *K]
+        order = (1, 0, *range(3, 3 + dims), 2, *range(3 + dims, 3 + 2 * dims))
+        parts = [windows[(slice(None),) * 3 + tuple(slice(lo, hi) for lo, hi in slab)].permute(order).reshape(g, -1, c * kk) for slab in self.slabs]
+        frame = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [G, M, d]: the unfolded frame
+        return A.baddbmm_(frame.transpose(-1, -2), frame, beta=self.scale, alpha=-self.scale)
+
+
+def _correlate(a: Any, b: Any) -> Any:
+    """``Σ_p a[g,c,p] b[g,c',p]`` → ``[G, C, C']`` (a dot product per group for one channel, a 2-d GEMM for one group)."""
+    if a.shape[1] == 1:
+        return (a * b).sum(-1, keepdim=True)
+    if a.shape[0] == 1:
+        return (a[0] @ b[0].T)[None]
+    return a @ b.transpose(-1, -2)
 
 
 def lag_program(glued: Diagram, sizes: Mapping[str, int], scale: float, force: bool | None = None) -> LagProgram | None:
@@ -162,9 +184,9 @@ def _cost(
     padded = n * math.prod(i + p for i, p in zip(inputs, pads))
     frame = n * sum(math.prod(b - a for a, b in slab) for slab in slabs)
     flops = lags * 2 * g * c * c * padded + 2 * g * frame * d * d
-    moved = g * c * padded * (1 + 2 * lags) + 3 * g * frame * d + 4 * g * d * d + 2 * lags * g * c * c
+    moved = g * c * padded * (1 + 2 * lags) + 3 * g * frame * d + 3 * g * d * d + 2 * lags * g * c * c
     calls = lags + 6 + 5 * len(slabs)
-    return LagCost(flops, flops + MOVE_COST * moved + OP_COST * calls, unfold_flops, unfold_time)
+    return LagCost(flops, flops + MOVE_COST * moved + OP_COST * calls, unfold_flops, unfold_time, c == 1)
 
 
 __all__ = ["LagCost", "LagProgram", "lag_program"]
