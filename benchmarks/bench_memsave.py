@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import tnderiv
+from benchmarks.models_zoo import ResNet18
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "memsave.json"
@@ -49,54 +50,10 @@ MODELS = ("torch", "memsave", "memsave_no_mask")
 PEAK_MODELS = ("torch", "memsave")
 
 
-# ----- ResNet-18 (He et al. 2016; torchvision's layout: BasicBlock, [2, 2, 2, 2], in-place ReLU) ---------
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths, c_in, stages = (64, 128, 256, 512), 64, []
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)))
-            c_in = width
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def build(model: str, config: str, batch: int, size: int) -> tuple[nn.Module, Callable[[], None]]:
     """The model in eval mode with the configuration's trainable tensors, and one forward + backward step."""
     torch.manual_seed(0)
-    net = ResNet18().eval()
+    net = ResNet18(1000, inplace=True).eval()
     with torch.no_grad():  # non-trivial running statistics
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -31,11 +31,11 @@ def c3d3(num_classes: int = 10) -> nn.Sequential:
 class BasicBlock(nn.Module):
     """ResNet basic block: conv3×3–BN–ReLU–conv3×3–BN, plus the (1×1 conv–BN projected) shortcut, then ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, inplace: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=inplace)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample: nn.Module | None = None
@@ -51,19 +51,21 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """torchvision's ``resnet18`` layout (7×7 stride-2 stem, max-pool, four stages of two basic blocks, 64–512
-    channels, global average pool, linear head), written out; on 32×32 inputs the stages see 8, 4, 2, 1 pixels."""
+    channels, global average pool, linear head), written out; on 32×32 inputs the stages see 8, 4, 2, 1 pixels.
+    ``inplace``: torchvision's in-place ReLUs (what memory benchmarks measure)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, inplace: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=inplace)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         widths = (64, 128, 256, 512)
         cin = 64
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width, 1)))
+            blocks = (BasicBlock(cin, width, stride, inplace), BasicBlock(width, width, 1, inplace))
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
