@@ -23,7 +23,7 @@ from tnderiv.render.dots import place_dots
 from tnderiv.render.geometry import Point, rounded
 from tnderiv.render.layout_state import LayoutState, PosKey, dot_key, leg_ends, node_key
 from tnderiv.render.mirror import Variant, mirror_pairs, variants
-from tnderiv.render.model import Picture, Shape
+from tnderiv.render.model import Picture, Shape, ShapeKind
 from tnderiv.render.nodes import place_nodes
 from tnderiv.render.paths import draw_legs
 from tnderiv.render.routing import route_legs
@@ -61,6 +61,9 @@ def layout_diagram(
         for column in _stacked_columns(best.state):
             flipped = replace(best.variant, reversed_columns=best.variant.reversed_columns | {column})
             attempts.append(_attempt(diagram, legs_of, visible, pins, pairs, flipped))
+        for column in _stacked_columns(best.state, operands_only=True):  # a stack of operands as a row
+            spread = replace(best.variant, spread_columns=best.variant.spread_columns | {column})
+            attempts.append(_attempt(diagram, legs_of, visible, pins, pairs, spread))
     return _best(attempts).picture
 
 
@@ -116,13 +119,16 @@ def _attempt(
     return _Attempt(picture, variant, state, crossing_count(picture))
 
 
-def _stacked_columns(state: LayoutState) -> list[int]:
-    """Columns holding two or more nodes of the (first) copy."""
+def _stacked_columns(state: LayoutState, *, operands_only: bool = False) -> list[int]:
+    """Columns holding two or more nodes of the (first) copy (``operands_only``: and only operands)."""
     counts: dict[int, int] = {}
+    others: set[int] = set()
     for key, column in state.columns.items():
         if state.half.get(key, 0) >= 0 and key.startswith("n"):
             counts[column] = counts.get(column, 0) + 1
-    return sorted(c for c, n in counts.items() if n >= 2)
+            if state.shapes[key].kind is not ShapeKind.OPERAND:
+                others.add(column)
+    return sorted(c for c, n in counts.items() if n >= 2 and not (operands_only and c in others))
 
 
 def _rounded_shape(shape: Shape) -> Shape:

@@ -24,6 +24,7 @@ class Variant:
     flip: bool = False
     reversed_columns: frozenset[int] = frozenset()
     dots_avoid_edges: bool = True
+    spread_columns: frozenset[int] = frozenset()
 
 
 def variants(mirrored: bool) -> list[Variant]:

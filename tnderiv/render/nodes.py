@@ -132,6 +132,13 @@ def _columns(
         members = sorted(by_column[c], key=lambda i: _stack_key(nodes[i], i))
         if c in variant.reversed_columns:
             members.reverse()
+        if c in variant.spread_columns:  # side by side in a row instead of stacked
+            for j, i in enumerate(members):
+                x += (previous_width / 2 + COL_GAP + shapes[i].width / 2) if c or j else 0.0
+                previous_width = shapes[i].width
+                centers[i] = (x, 0.0)
+                state.columns[node_key(i)] = c
+            continue
         width = max(shapes[i].width for i in members)
         x += (previous_width / 2 + COL_GAP + width / 2) if c else 0.0
         previous_width = width
