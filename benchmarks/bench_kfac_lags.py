@@ -4,7 +4,7 @@ For every real conv layer of the suite (``data/conv_layers.json``, CPU sizes: ba
 sizes) where the lag form is exact (stride 1, zeros padding, not transposed), this times side by side,
 interleaved, one thread:
 
-- ``unfold``: ``benchmarks.unfold.kfac_input`` (im2col, then one batched GEMM);
+- ``unfold``: ``benchmarks.unfold.kfac_input`` (im2col, then one batched GEMM; a sum, not scaled by ``1/(N·O)``);
 - ``previous``: ``tnderiv.kfac_factors_input`` with the lag path off (``LAG_STRATEGY=False``);
 - ``lags``: ``tnderiv.kfac_factors_input`` with the lag path forced (``LAG_STRATEGY=True``);
 - ``auto``: the cost model's choice per layer (``LAG_STRATEGY=None``),
@@ -30,7 +30,7 @@ import tnderiv
 import tnderiv.api_kfac as api_kfac
 from benchmarks.cases import Case, suite_cases
 from benchmarks.timing import pin_settings, time_interleaved
-from benchmarks.unfold import kfac_input
+from benchmarks.unfold import kfac_input, unfold_input
 from tnderiv.api import _network
 from tnderiv.calculus.kfac import Approx, input_factor
 from tnderiv.plan.lags import lag_program
@@ -60,13 +60,26 @@ def _program(module: torch.nn.Module, x: torch.Tensor) -> Any:
     return lag_program(factor.glued, side.prepared.sizes, 1.0, force=True)
 
 
+def full_size_flops(case_id: str) -> dict[str, Any] | None:
+    """FLOPs of both formulations at the layer's full input size (not timed: the suite halves sizes on CPU)."""
+    full = {c.id: c for c in suite_cases("cuda", batch=1)}.get(case_id)
+    if full is None:
+        return None
+    program = _program(full.module(), torch.zeros(full.x_shape))
+    if program is None:
+        return None
+    cost = program.cost
+    return {"x_shape": list(full.x_shape), "flops_unfold": cost.unfold_flops, "flops_lags": cost.lag_flops, "flops_saved": 1 - cost.lag_flops / cost.unfold_flops, "chosen": cost.chosen}
+
+
 def run_case(case: Case, repeat: int) -> dict[str, Any] | None:
     module = case.module(torch.float64)
     x = torch.randn(case.x_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     program = _program(module, x)
     if program is None:
         return None
-    reference = kfac_input(module, x, "expand")
+    a = unfold_input(module, x)  # [N, G, d, L]
+    reference = kfac_input(module, x, "expand") / (a.shape[0] * a.shape[-1])  # kfac_input sums; A averages
     errors = {name: float((_with(flag, module, x) - reference).abs().max() / reference.abs().max()) for name, flag in (("previous", False), ("lags", True))}
     module32, x32 = module.float(), x.float()
     calls = {
@@ -90,6 +103,7 @@ def run_case(case: Case, repeat: int) -> dict[str, Any] | None:
         "flops_unfold": cost.unfold_flops,
         "flops_lags": cost.lag_flops,
         "flops_saved": 1 - cost.lag_flops / cost.unfold_flops,
+        "full_size": full_size_flops(case.id),
         "score_unfold": cost.unfold_time,
         "score_lags": cost.lag_time,
         "max_rel_error_float64": errors,
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         "median_ratio_lags_vs_previous": statistics.median(r["ratio_lags_vs_previous"] for r in rows) if rows else None,
         "median_ratio_auto_vs_unfold": statistics.median(r["ratio_auto_vs_unfold"] for r in rows) if rows else None,
         "median_flops_saved": statistics.median(r["flops_saved"] for r in rows) if rows else None,
+        "median_flops_saved_full_size": statistics.median(r["full_size"]["flops_saved"] for r in rows if r["full_size"]) if rows else None,
+        "chosen": [r["id"] for r in rows if r["chosen"]],
     }
     meta = {"settings": settings, "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(), "note": "shared, noisy 2-core machine"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
