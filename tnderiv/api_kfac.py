@@ -54,9 +54,10 @@ from tnderiv.plan.bind import Bindings, bind_sizes
 from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.constants import constant_array
-from tnderiv.plan.lags import LagProgram, lag_program
+from tnderiv.plan.lags import LagProgram, cached_lag_program
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 from tnderiv.plan.optimizers import cache_key
+from tnderiv.simplify.lags import glued_lags
 
 # ----- evaluating factors ----------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ def _input_side(
     append = bias is BiasMode.APPEND and "bias" in network.params
     prepared = _prepare(factor, tensors, x, optimize, network.check_sizes, keep_half or append)
     if approx is Approx.EXPAND and not (keep_half or append):
-        prepared = _with_lags(prepared, x, optimize)
+        prepared = _with_lags(prepared)
     cross, corner = None, None
     if "bias" in network.params:
         _, cross_factor, own = bias_input_factors(network, approx)
@@ -246,17 +247,13 @@ def _input_side(
 LAG_STRATEGY: bool | None = None
 
 
-def _with_lags(prepared: _Prepared, x: Any, optimize: Any) -> _Prepared:
+def _with_lags(prepared: _Prepared) -> _Prepared:
     """``prepared`` running the lag program of its glued factor (``plan.lags``) where that is exact and cheaper."""
     factor = prepared.factor
-    (program,) = _PREPARED.get_or_build(
-        _key(factor, prepared.operands, x, optimize, "lags", LAG_STRATEGY),
-        lambda: (
-            lag_program(
-                factor.glued, prepared.sizes, float(_bound(factor.glued, factor, prepared.bindings, prepared.sizes).coefficient), LAG_STRATEGY
-            ),
-        ),
-    )
+    if LAG_STRATEGY is False or glued_lags(factor.glued) is None:
+        return prepared
+    scale = float(_bound(factor.glued, factor, prepared.bindings, prepared.sizes).coefficient)
+    program = cached_lag_program(factor.glued, prepared.sizes, scale, LAG_STRATEGY)
     return prepared if program is None else replace(prepared, lags=program)
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tnderiv.ir import Diagram
+from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.cost import MOVE_COST
 from tnderiv.simplify.lags import GluedLags, glued_lags
 
@@ -123,6 +124,17 @@ def _correlate(a: Any, b: Any) -> Any:
     return a @ b.transpose(-1, -2)
 
 
+# lag programs (or None where the general path runs) per (glued network, bound sizes, scale, force): no plans
+_PROGRAMS: LRUCache[tuple[LagProgram | None]] = LRUCache(maxsize=256)
+register_cache("lags", "KFAC-expand input factors by lag correlations: programs per layer and sizes (no plans)", lambda: _PROGRAMS)
+
+
+def cached_lag_program(glued: Diagram, sizes: Mapping[str, int], scale: float, force: bool | None = None) -> LagProgram | None:
+    """``lag_program``, cached by its arguments."""
+    key = (glued, tuple(sorted(sizes.items())), scale, force)
+    return _PROGRAMS.get_or_build(key, lambda: (lag_program(glued, sizes, scale, force),))[0]
+
+
 def lag_program(glued: Diagram, sizes: Mapping[str, int], scale: float, force: bool | None = None) -> LagProgram | None:
     """The lag program of ``glued`` for bound ``sizes`` where it is exact and (unless ``force``) cheaper, else ``None``.
 
@@ -189,4 +201,4 @@ def _cost(
     return LagCost(flops, flops + MOVE_COST * moved + OP_COST * calls, unfold_flops, unfold_time, c == 1)
 
 
-__all__ = ["LagCost", "LagProgram", "lag_program"]
+__all__ = ["LagCost", "LagProgram", "cached_lag_program", "lag_program"]
