@@ -113,3 +113,13 @@ def test_not_fired_for_reduce_or_kept_half() -> None:
     for approx, keep in ((Approx.REDUCE, False), (Approx.EXPAND, True)):
         side = api_kfac._input_side(network, {"x": x}, approx, api_kfac.BiasMode.SEPARATE, "auto", keep)
         assert side.prepared.lags is None
+
+
+def test_asymmetric_same_padding(forced: None) -> None:
+    """``padding='same'`` with an even kernel pads 1 left, 2 right: the lag form reads the sizes, not a symmetric P."""
+    conv = torch.nn.Conv2d(3, 4, 4, padding="same", bias=False).double()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    A = tnderiv.kfac_factors_input(conv, x)
+    a = F.unfold(F.pad(x, (1, 2, 1, 2)), 4)
+    expected = a.transpose(1, 2).reshape(-1, 48).T @ a.transpose(1, 2).reshape(-1, 48) / (2 * 9 * 8)
+    torch.testing.assert_close(A[0], expected, rtol=1e-10, atol=1e-12)
