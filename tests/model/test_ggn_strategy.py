@@ -35,12 +35,17 @@ def test_ggn_diagonal_either_way(name: str, materialize: bool, monkeypatch: pyte
         torch.testing.assert_close(res[module]["per_sample_ggn_diag"][local], oracle.per_sample_ggn_diag(p), **TOL)
 
 
-def test_a_large_convolution_materializes_and_a_small_dense_layer_does_not() -> None:
-    """The planner's scores pick the columns for a 64→96 3×3 convolution (its glued network gathers twice)."""
+def test_the_choice_follows_scores_and_the_memory_limit() -> None:
+    """The planner's scores pick the columns for a 16→32 3×3 convolution (its glued network gathers twice), but
+    not past ``MATERIALIZE_LIMIT`` (64→96 needs 89 MB of columns), and not for a dense layer."""
+    conv = torch.nn.Conv2d(16, 32, 3)
+    owner = batch.Owner("c", conv, {"weight": "c.weight"}, True)
+    x, s = torch.randn(32, 16, 15, 15), torch.randn(10, 32, 32, 13, 13)
+    assert batch._materialize_diag(owner, x, s, "weight", False)
     conv = torch.nn.Conv2d(64, 96, 3)
     owner = batch.Owner("c", conv, {"weight": "c.weight"}, True)
     x, s = torch.randn(32, 64, 15, 15), torch.randn(10, 32, 96, 13, 13)
-    assert batch._materialize_diag(owner, x, s, "weight", False)
+    assert not batch._materialize_diag(owner, x, s, "weight", False)
     dense = torch.nn.Linear(512, 10)
     owner = batch.Owner("d", dense, {"weight": "d.weight"}, True)
     assert not batch._materialize_diag(owner, torch.randn(32, 512), torch.randn(10, 32, 10), "weight", False)
