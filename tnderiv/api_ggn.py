@@ -105,6 +105,12 @@ class StatChoice:
     materialize_flops: int | None
     plans: tuple[Plan, ...]
 
+    def __repr__(self) -> str:
+        return (
+            f"StatChoice({self.stat}/{self.param}: {self.strategy}, glued cost {_fmt(self.glued_cost)}, "
+            f"materialize cost {_fmt(self.materialize_cost)}, {len(self.plans)} plans)"
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class GradStats(Mapping[str, Mapping[str, Any]]):
@@ -112,6 +118,13 @@ class GradStats(Mapping[str, Mapping[str, Any]]):
 
     tensors: Mapping[str, Mapping[str, Any]]
     choices: Mapping[str, Mapping[str, StatChoice]]
+
+    def __repr__(self) -> str:
+        parts = []
+        for stat, per in self.tensors.items():
+            shapes = ", ".join(f"{param} {list(t.shape)}" for param, t in per.items())
+            parts.append(f"{stat}: {shapes}")
+        return "GradStats(" + "; ".join(parts) + ")"
 
     def __getitem__(self, stat: str) -> Mapping[str, Any]:
         try:

@@ -19,6 +19,11 @@ from tnderiv.calculus.kfac import KFACSplit
 from tnderiv.plan.compiled import Plan
 
 
+def _shape(t: Any) -> str:
+    """``[d0, d1, …]`` of a tensor, for compact reprs (shapes, never values)."""
+    return "None" if t is None else str(list(t.shape))
+
+
 @dataclass(frozen=True)
 class ParamLayout:
     """How the entries of a parameter map to a block ``[G, d_out, d_in]`` (``d_in = 1`` for a bias)."""
@@ -72,6 +77,11 @@ class KroneckerBlock:
     right: Any
     weights: Any = None
 
+    def __repr__(self) -> str:
+        inverse = ", eigendecomposed" if self.weights is not None else ""
+        names = [layout.name for layout in self.layouts]
+        return f"KroneckerBlock(params={names}, left {_shape(self.left)}, right {_shape(self.right)}{inverse})"
+
     def apply(self, v: Any) -> Any:
         """``[G, d_out, d_in]`` → the block times ``v``, same shape."""
         if self.weights is None:
@@ -95,6 +105,12 @@ class KroneckerOperator:
 
     blocks: tuple[KroneckerBlock, ...]
     params: tuple[ParamLayout, ...]
+
+    def _param_shapes(self) -> str:
+        return "{" + ", ".join(f"{p.name!r}: {list(p.shape)}" for p in self.params) + "}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(params={self._param_shapes()}, blocks={list(self.blocks)})"
 
     @property
     def numel(self) -> int:
@@ -177,6 +193,12 @@ class KFAC(KroneckerOperator):
     approx: str = "expand"
     bias: str = "separate"
     plans: Mapping[str, tuple[Plan, ...]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        factors = ", ".join(
+            f"{name} {_shape(getattr(self, name))}" for name in ("A", "G", "A_bias", "G_bias") if getattr(self, name) is not None
+        )
+        return f"KFAC({self.approx}, bias={self.bias!r}, {factors}, params={self._param_shapes()})"
 
     def inverse(self, damping: float = 0.0, *, damp: str = "exact") -> KroneckerOperator:
         """``(KFAC + damping·I)⁻¹`` (``damp="exact"``) or ``(A + √δ I)⁻¹ ⊗ (G + √δ I)⁻¹`` per block
