@@ -215,7 +215,7 @@ class Report:
         if not rows:
             return ["Not measured in this run."]
         out = ["Warm call through the public API vs the plan's compiled terms called directly, and the first call after "
-               "clearing every plan cache with tnderiv.clear_caches() (cold plan = cold call − warm call). Diagram derivation stays cached.", "",
+               "clearing every plan cache with tnderiv.clear_caches() (cold plan = cold call − warm call). These numbers were measured when clear_caches() kept derivations; it now clears them too (derivation is then part of a cold call).", "",
                "| Quantity | median warm overhead | max warm overhead | median cold plan | max cold plan |", "|---|---|---|---|---|"]
         by_q = defaultdict(list)
         for o in rows:
