@@ -113,3 +113,15 @@ def test_optimizer_names_do_not_repeat():
     with pytest.raises(ValueError) as info:
         tnderiv.forward(SPEC, X, W, optimize="nope")
     assert str(info.value).count("'auto'") == 1
+
+
+def test_explicit_path_on_a_sum_of_diagrams_says_to_plan_each_term():
+    """A path orders one network's tensors; a layer-norm VJP is a sum of three (was a bare IndexError)."""
+    import torch
+
+    import tnderiv
+
+    expr = tnderiv.diagram(torch.nn.LayerNorm(4), "vjp_x", shapes={"x": (2, 4)})
+    shapes = {"grad_out": (2, 4), "inv_std": (2,), "weight": (4,), "x_hat": (2, 4)}
+    with pytest.raises(ValueError, match="sum of 3 diagrams; plan each term with its own path"):
+        tnderiv.plan(expr, shapes, optimize=[(0, 1), (0, 1)])

@@ -243,8 +243,14 @@ class Plan:
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.bindings = bind_sizes(expr, self.shapes, check)
         self.optimize, self.simplify, self.memory_limit = optimize, simplify, memory_limit
-        self.term_plans = tuple(TermPlan(term, self.bindings, like, optimize, simplify) for term in terms_of(expr))
-        first = terms_of(expr)[0]
+        terms = terms_of(expr)
+        if len(terms) > 1 and isinstance(optimize, (list, tuple)):
+            raise ValueError(
+                f"optimize={list(optimize)!r}: an explicit path orders one diagram's tensors, but this is a sum of "
+                f"{len(terms)} diagrams; plan each term with its own path (expr.terms[j]) or pass an optimizer name"
+            )
+        self.term_plans = tuple(TermPlan(term, self.bindings, like, optimize, simplify) for term in terms)
+        first = terms[0]
         self.out_shape = tuple(math.prod(self.bindings.value(first.sizes[leg]) for leg in group) for group in first.open_axis_groups)
         # full-size terms first, so that broadcast terms add into them
         self._order = tuple(sorted(self.term_plans, key=lambda t: not t.full))
