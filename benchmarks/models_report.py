@@ -219,7 +219,7 @@ def render(data: dict[str, Any]) -> str:
         for t in missed:
             lines.append(f"- **{t.text}** ({outcomes[t.id].measured}). {CAUSES.get(t.id, 'Cause not yet measured.')}")
     if FIXES:
-        lines += ["", "### Proposed fixes (measured, not applied)", "", *[f"- {f}" for f in FIXES]]
+        lines += ["", "### Proposed fixes (measured; the first applied in part)", "", *[f"- {f}" for f in FIXES]]
     return "\n".join(lines) + "\n"
 
 

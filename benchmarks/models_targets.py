@@ -153,15 +153,16 @@ CAUSES: dict[str, str] = {
     ),
 }
 FIXES: list[str] = [
-    "**GGN diagonal of convolutions from the columns' per-sample gradients** (`tnderiv/model/batch.py`, "
-    "`_ggn_derived`, kind `diag` on `_ConvNd` only): tile the input over the M columns and call the engine's "
-    "`per_sample_grad` (what `_materialized_cols` already does for fallback layers), then square and sum. Measured "
-    "by monkeypatching that one function, 3C3D, one process, 5 interleaved samples, results equal to 1e-4: "
-    "exact diagonal 18.6× → 11.7× a gradient step, MC diagonal 2.09× → 1.86×. (Dense layers must stay on the "
-    "glued plan: 13 ms there vs 963 ms tiled.) The root fix is in the planner: recognise the two mirrored halves "
-    "of a glued network as one sub-expression (compute once, square), and lower a Hadamard-product-then-sum to "
-    "`(a * b).sum(dims)` instead of a batched GEMM over the kept legs (per layer that is the unfold + GEMM time "
-    "above: conv 3 1127 → ≈ 400 ms).",
+    "**GGN diagonal of convolutions from the columns' per-sample gradients** — *applied in part*: "
+    "`tnderiv/model/batch.py` now chooses per layer between the glued plan and the squared per-sample columns "
+    "(the input tiled over the M columns, the engine's `per_sample_grad`) by the planner's scores, with at most "
+    "64 MiB of columns per parameter, because the scores under-price writing large columns (ResNet-18's exact "
+    "diagonal took 3.0 s with a 256 MiB limit, 1.5 s glued, 1.38 s at 64 MiB; 3C3D 1.21 s glued, 1.14 s at "
+    "64 MiB, 0.96 s at 256 MiB — one process, one thread, batch 32). On 3C3D only conv 0 fits the limit, so most "
+    "of the gain the monkeypatched measurement showed (exact diagonal 18.6× → 11.7×) is still to take. The root "
+    "fix is in the planner: recognise the two mirrored halves of a glued network as one sub-expression (compute "
+    "once, square), and lower a Hadamard-product-then-sum to `(a * b).sum(dims)` instead of a batched GEMM over the "
+    "kept legs (per layer that is the unfold + GEMM time above: conv 3 1127 → ≈ 400 ms).",
     "**Statistics of materialized per-sample gradients with torch reductions** (`tnderiv/model/batch.py`, "
     "`_derived_per_sample`, where `grad_stats` would materialize): compute `api.per_sample_grad` once and reduce it "
     "like `tnderiv.model.reduce.stat_of`, squaring once for all statistics. Measured by monkeypatching, 3C3D, 7 "
