@@ -70,6 +70,11 @@ def test_eigenpairs_match_the_dense_ggn(case: tuple) -> None:
     assert everything.eigenvalues.numel() <= (C - 1) * N
     assert torch.allclose(everything.eigenvalues, nonzero[: everything.eigenvalues.numel()], atol=1e-10)
     assert nonzero[everything.eigenvalues.numel() :].abs().max() < 1e-10
+    # k ≥ M: the eigenvectors come from materialized columns (k < M above: from weighted VJPs)
+    k = everything.eigenvalues.numel()
+    e = _flat(everything.eigenvectors, names, k)
+    assert k >= C and torch.allclose(e @ ggn, everything.eigenvalues[:, None] * e, atol=1e-10)
+    assert torch.allclose(e @ e.T, torch.eye(k, dtype=DT), atol=1e-9)
 
 
 def test_block_and_subsampling(case: tuple) -> None:

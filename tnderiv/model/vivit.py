@@ -20,11 +20,13 @@ import torch
 
 import tnderiv.api as api
 from tnderiv.model.batch import (
+    MATERIALIZE_LIMIT,
     Options,
     Partition,
     _column_chunks,
     _layer_inputs,
     _materialized_cols,
+    _tiled_psg,
     compute_batch,
     partition,
 )
@@ -92,11 +94,23 @@ def ggn_eigen(run: Pass, owners: Sequence[Owner], sqrt: torch.Tensor, opts: Opti
         x, _ = _layer_inputs(run, owner, 0)
         s = cols[(owner.name, 0)][0]
         for local, canonical in owner.local.items():
-            vectors[canonical] = torch.stack([_weighted_vjp(owner, local, x, s, u[j]) for j in range(keep)])
+            if _columns_are_cheaper(owner, local, x, s, keep):
+                vectors[canonical] = torch.tensordot(u, _tiled_psg(owner, x, s, local), dims=([1, 2], [0, 1]))
+            else:
+                vectors[canonical] = torch.stack([_weighted_vjp(owner, local, x, s, u[j]) for j in range(keep)])
     for canonical in part.materialized:
         v = _columns_of(part, canonical, cols)
         vectors[canonical] = torch.tensordot(u, v, dims=([1, 2], [0, 1]))
     return GGNEigen(evals * scale, vectors)
+
+
+def _columns_are_cheaper(owner: Owner, local: str, x: torch.Tensor, s: torch.Tensor, k: int) -> bool:
+    """``k`` weighted VJPs cost about ``k`` VJPs; the columns (per-sample gradients of the input tiled ``M`` times)
+    about ``M``, then one contraction: materialize them, as ViViT does, when ``k ≥ M`` and they fit
+    ``MATERIALIZE_LIMIT``."""
+    m, n = s.shape[0], s.shape[1]
+    numel = owner.module.get_parameter(local).numel()
+    return k >= m and m * n * (numel + x[0].numel()) * x.element_size() <= MATERIALIZE_LIMIT
 
 
 def _weighted_vjp(owner: Owner, local: str, x: torch.Tensor, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
