@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ from tnderiv.model.result import CurvatureResult
 from tnderiv.model.units import Owner, ParamSelector, owners, select
 from tnderiv.model.vivit import DirectionalDerivatives, GGNEigen
 from tnderiv.plan.memory import MEMORY_LIMIT, SET_BUDGET, SMALLER_BATCH, check_fits
+
+Fisher = Literal["type-2", "mc", "empirical", "forward-only"]
 
 
 class Curvature:
@@ -47,10 +49,10 @@ class Curvature:
         model: nn.Module,
         loss_fn: nn.Module,
         *,
-        fisher: str = "type-2",
-        approx: str = "expand",
-        loss_average: str | None = "batch",
-        kfac_bias: str = "separate",
+        fisher: Fisher = "type-2",
+        approx: Literal["expand", "reduce"] = "expand",
+        loss_average: Literal["batch", "batch+positions"] | None = "batch",
+        kfac_bias: Literal["separate", "append"] = "separate",
         mc_samples: int = 1,
         generator: torch.Generator | None = None,
         params: ParamSelector = None,
