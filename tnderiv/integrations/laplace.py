@@ -29,7 +29,7 @@ from tnderiv.api_kfac import kfac_factors_input, kfac_factors_output
 from tnderiv.ir import Diagram
 from tnderiv.ir.nodes import operand
 from tnderiv.model import Curvature
-from tnderiv.model.batch import _column_chunks, _materialized_cols, partition
+from tnderiv.model.batch import _column_chunks, partition
 from tnderiv.model.columns import Pass, call_model, pull_back
 from tnderiv.model.record import Recorder
 from tnderiv.model.reduce import ExactCurvature
@@ -65,7 +65,7 @@ class _TnderivInterface:
         return torch.cat(parts, dim=lead)
 
     def _by_param(self, res: Any, quantity: str) -> dict[str, torch.Tensor]:
-        return {name: t for name, per in res._per_param().items() if quantity in per for t in [per[quantity]]}
+        return {name: per[quantity] for name, per in res._per_param().items() if quantity in per}
 
     def _materialized(self, curv: Curvature, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, V)`` with ``V`` ``[M, N, P]`` the backpropagated square-root columns (or ``√D·g``, empirical)."""
@@ -173,12 +173,7 @@ class _TnderivInterface:
 def _columns_by_param(run: Pass, found: list[Any], cols: Any) -> dict[str, torch.Tensor]:
     """Each parameter's columns ``[M, N, *p]``, summed over its uses."""
     part = partition(run, found)
-    per: dict[str, torch.Tensor] = {}
-    for canonical, uses in part.contribs.items():
-        for owner, i, local in uses:
-            v = _materialized_cols(owner, i, local, run, cols, part.fallback)
-            per[canonical] = v if canonical not in per else per[canonical] + v
-    return per
+    return {canonical: part.columns(canonical, cols) for canonical in part.contribs}
 
 
 _KRON_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,25 @@ class Partition:
             self.fallbacks[(owner.name, i)] = Fallback(owner.name, owner.module, use, tuple(owner.local), self.run.n)
         return self.fallbacks[(owner.name, i)]
 
+    def per_sample_grads(self, canonical: str, timing: Mapping[str, Row] | None = None) -> torch.Tensor:
+        """The per-sample gradients ``[N, *p]`` of a parameter, summed over its uses."""
+        return self._summed(canonical, lambda owner, i, local: _materialized_psg(owner, i, local, self.run, self.fallback), timing)
+
+    def columns(self, canonical: str, cols: Mapping[Key, list[Any]], timing: Mapping[str, Row] | None = None) -> torch.Tensor:
+        """The backpropagated columns ``[M, N, *p]`` of a parameter, summed over its uses."""
+        return self._summed(canonical, lambda owner, i, local: _materialized_cols(owner, i, local, self.run, cols, self.fallback), timing)
+
+    def _summed(self, canonical: str, one: Callable[[Owner, int, str], torch.Tensor], timing: Mapping[str, Row] | None) -> torch.Tensor:
+        total = None
+        for owner, i, local in self.contribs[canonical]:
+            if timing is None:
+                value = one(owner, i, local)
+            else:
+                with _timed(timing[owner.name]):
+                    value = one(owner, i, local)
+            total = value if total is None else total + value
+        return total
+
 
 def partition(run: Pass, owners: Sequence[Owner]) -> Partition:
     """Derived: engine layers called once whose parameters have no other use; everything else is materialized."""
@@ -106,9 +125,8 @@ def partition(run: Pass, owners: Sequence[Owner]) -> Partition:
 def compute_batch(run: Pass, owners: Sequence[Owner], names: Sequence[str], sqrt: torch.Tensor | None, opts: Options) -> BatchValues:
     """All of ``names`` for all owners' parameters of the batch in ``run``."""
     part = partition(run, owners)
-    contribs, derived, materialized, fallback = part.contribs, part.derived, part.materialized, part.fallback
-    derived_names = {o.name for o in derived}
-    values: dict[str, dict[str, Any]] = {c: {} for c in contribs}
+    derived_names = {o.name for o in part.derived}
+    values: dict[str, dict[str, Any]] = {c: {} for c in part.contribs}
     curvature: dict[str, Any] = {}
     rows = [_row(o, derived_names) for o in owners]
     timing = {r.module: r for r in rows}
@@ -116,22 +134,17 @@ def compute_batch(run: Pass, owners: Sequence[Owner], names: Sequence[str], sqrt
     # ----- first-order per-sample quantities ----------------------------------------------------------
     per_sample = [q for q in names if q in PER_SAMPLE]
     if per_sample:
-        for owner in derived:
+        for owner in part.derived:
             with _timed(timing[owner.name]):
                 _derived_per_sample(owner, run, per_sample, values, timing[owner.name])
-        for canonical in materialized:
-            psg = None
-            for owner, i, local in contribs[canonical]:
-                with _timed(timing[owner.name]):
-                    part = _materialized_psg(owner, i, local, run, fallback)
-                psg = part if psg is None else psg + part
-            _from_psg(psg, per_sample, values[canonical])
+        for canonical in part.materialized:
+            _from_psg(part.per_sample_grads(canonical, timing), per_sample, values[canonical])
 
     # ----- quantities of loss-Hessian square-root columns -------------------------------------------
     column_names = [q for q in names if q in GGN or q == "kfac"]
     gram = None
     if column_names:
-        gram = _columns(run, owners, derived, materialized, contribs, column_names, sqrt, opts, values, curvature, timing, fallback)
+        gram = _columns(part, owners, column_names, sqrt, opts, values, curvature, timing)
     return BatchValues(values, curvature, gram, rows, kfac_positions(run, curvature, opts.approx))
 
 
@@ -218,19 +231,17 @@ def _column_chunks(run: Pass, owners: Sequence[Owner], sqrt: torch.Tensor | None
 
 
 def _columns(
-    run: Pass,
+    part: Partition,
     owners: Sequence[Owner],
-    derived: Sequence[Owner],
-    materialized: Sequence[str],
-    contribs: dict[str, list[tuple[Owner, int, str]]],
     names: Sequence[str],
     sqrt: torch.Tensor | None,
     opts: Options,
     values: dict[str, dict[str, Any]],
     curvature: dict[str, Any],
     timing: dict[str, Row],
-    fallback: Any,
 ) -> torch.Tensor | None:
+    """The GGN quantities and KFAC (or exact curvature) of every parameter, chunk of columns by chunk; the Gram."""
+    run, derived, materialized, contribs = part.run, part.derived, part.materialized, part.contribs
     ggn_names = [q for q in names if q in GGN]
     if opts.fisher == "forward-only" and "kfac" in names and materialized:
         owner = contribs[materialized[0]][0][0]
@@ -262,11 +273,7 @@ def _columns(
                 if "kfac" in names:
                     kfacs.setdefault(owner.name, []).append(_kfac_derived(owner, run, x, s, opts))
         for canonical in materialized:
-            v = None
-            for owner, i, local in contribs[canonical]:
-                with _timed(timing[owner.name]):
-                    part = _materialized_cols(owner, i, local, run, cols, fallback)
-                v = part if v is None else v + part
+            v = part.columns(canonical, cols, timing)
             for q in ggn_names:
                 value = ggn_of(v, GGN_KINDS[q])
                 _add(values[canonical], q, value)
@@ -277,8 +284,8 @@ def _columns(
                 exact_cols.setdefault(module, {})[canonical[len(module) :].lstrip(".")] = v
         if "kfac" in names:
             for module, group in exact_cols.items():
-                part = exact_curvature(group, opts.max_block)
-                curvature[module] = part if module not in curvature else _add_exact(curvature[module], part)
+                exact = exact_curvature(group, opts.max_block)
+                curvature[module] = exact if module not in curvature else _add_exact(curvature[module], exact)
             exact_cols.clear()
     for name, parts in kfacs.items():
         curvature[name] = _sum_kfac(parts)

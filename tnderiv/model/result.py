@@ -106,10 +106,10 @@ class CurvatureResult(Mapping[str, Mapping[str, Any]]):
     def report(self) -> str:
         """Per module: how it was computed (derived diagrams or a materialized fallback), its quantities' shapes, time."""
         lines = [f"Curvature result: N={self.n}, loss={float(self.loss):.6g}, quantities={list(self.quantities)}"]
+        per_param = self._per_param()
         for row in self.rows:
             module = row.module or "(model)"
             lines.append(f"  {module} [{row.type}] {row.path}, {row.seconds * 1e3:.2f} ms")
-            per_param = self._per_param()
             for canonical in row.params:
                 shapes = ", ".join(f"{q} {_shape(v)}" for q, v in per_param.get(canonical, {}).items())
                 lines.append(f"      {canonical}: {shapes}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -22,10 +21,8 @@ import tnderiv.api as api
 from tnderiv.model.batch import (
     MATERIALIZE_LIMIT,
     Options,
-    Partition,
     _column_chunks,
     _layer_inputs,
-    _materialized_cols,
     _tiled_psg,
     compute_batch,
     partition,
@@ -99,7 +96,7 @@ def ggn_eigen(run: Pass, owners: Sequence[Owner], sqrt: torch.Tensor, opts: Opti
             else:
                 vectors[canonical] = torch.stack([_weighted_vjp(owner, local, x, s, u[j]) for j in range(keep)])
     for canonical in part.materialized:
-        v = _columns_of(part, canonical, cols)
+        v = part.columns(canonical, cols)
         vectors[canonical] = torch.tensordot(u, v, dims=([1, 2], [0, 1]))
     return GGNEigen(evals * scale, vectors)
 
@@ -117,14 +114,6 @@ def _weighted_vjp(owner: Owner, local: str, x: torch.Tensor, s: torch.Tensor, u:
     """``Σ_{m,n} u[m, n] · (per-sample VJP of S[m, n])`` = the VJP of ``grad_out[n] = Σ_m u[m, n] S[m, n]``."""
     grad_out = (u.reshape(*u.shape, *([1] * (s.ndim - 2))) * s).sum(0)
     return api.vjp(owner.module, local, grad_out, x=x)
-
-
-def _columns_of(part: Partition, canonical: str, cols: Mapping[Any, Any]) -> torch.Tensor:
-    total = None
-    for owner, i, local in part.contribs[canonical]:
-        v = _materialized_cols(owner, i, local, part.run, cols, part.fallback)
-        total = v if total is None else total + v
-    return total
 
 
 def directional_derivatives(
@@ -155,13 +144,8 @@ def directional_derivatives(
         if canonical not in directions:
             continue
         e = directions[canonical].reshape(k, -1)
-        psg = None
-        for owner, i, local in part.contribs[canonical]:
-            from tnderiv.model.batch import _materialized_psg
-
-            t = _materialized_psg(owner, i, local, run, part.fallback)
-            psg = t if psg is None else psg + t
-        v = _columns_of(part, canonical, cols)
+        psg = part.per_sample_grads(canonical)
+        v = part.columns(canonical, cols)
         gam = psg.reshape(psg.shape[0], -1) @ e.T  # [N, K]
         lam_in = v.reshape(v.shape[0], v.shape[1], -1) @ e.T  # [M, N, K]
         gammas = gam if gammas is None else gammas + gam
