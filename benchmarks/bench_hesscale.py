@@ -41,16 +41,17 @@ def mlp(act: type[nn.Module]) -> Callable[[], nn.Sequential]:
     return lambda: nn.Sequential(nn.Linear(16, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, CLASSES))
 
 
-def cnn() -> nn.Sequential:
+def cnn(c_in: int = 1, width: int = 4, pooled: int = 2) -> nn.Sequential:
+    """conv–tanh–pool twice, then a dense head; ``pooled`` is the side of the last feature map."""
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(c_in, width, 3, padding=1),
         nn.Tanh(),
         nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
         nn.Tanh(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(8 * 2 * 2, CLASSES),
+        nn.Linear(2 * width * pooled * pooled, CLASSES),
     )
 
 
@@ -59,16 +60,7 @@ def mlp_wide() -> nn.Sequential:
 
 
 def cnn_wide() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.Tanh(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.Tanh(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 8 * 8, CLASSES),
-    )
+    return cnn(3, 16, 8)
 
 
 # name → (model factory, input shape without the batch, batch size); errors need the exact Hessian
