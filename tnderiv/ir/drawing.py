@@ -8,6 +8,13 @@ from typing import Any
 
 _EMITTERS: dict[str, Callable[..., Any]] = {}
 _NAMES = ("to_tikz", "to_svg", "save")
+_PROVIDER: list[Callable[[], Any]] = []  # loads the module that registers the emitters, on first use
+
+
+def set_provider(load: Callable[[], Any]) -> None:
+    """``load()`` registers the emitters when a drawing method is first called (``tnderiv`` sets it to import
+    ``tnderiv.render``, so that ``import tnderiv`` does not pay for the renderer)."""
+    _PROVIDER[:] = [load]
 
 
 def register_emitters(*, to_tikz: Callable[..., str], to_svg: Callable[..., str], save: Callable[..., Path]) -> None:
@@ -19,6 +26,8 @@ def register_emitters(*, to_tikz: Callable[..., str], to_svg: Callable[..., str]
 
 
 def _emitter(name: str) -> Callable[..., Any]:
+    if name not in _EMITTERS and _PROVIDER:
+        _PROVIDER[0]()
     try:
         return _EMITTERS[name]
     except KeyError:
@@ -47,4 +56,4 @@ class Drawable:
         return _emitter("to_svg")(self)
 
 
-__all__ = ["Drawable", "register_emitters"]
+__all__ = ["Drawable", "register_emitters", "set_provider"]
