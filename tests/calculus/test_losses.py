@@ -107,7 +107,7 @@ def test_float32_and_no_grad_tracking() -> None:
 def test_bad_input() -> None:
     out = torch.randn(3, 4, dtype=DT)
     cls = torch.tensor([0, 1, 2])
-    with pytest.raises(ValueError, match=r"loss 'nll' not found; valid losses are \['bce_with_logits', 'cross_entropy', 'mse'\]"):
+    with pytest.raises(ValueError, match=r"unknown loss 'nll'; valid losses are \['bce_with_logits', 'cross_entropy', 'mse'\]"):
         tnderiv.loss_hessian_sqrt("nll", out, cls)
     with pytest.raises(ValueError, match="reduction='none'"):
         tnderiv.loss_hessian_sqrt("cross_entropy", out, cls, reduction="none")

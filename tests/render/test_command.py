@@ -76,3 +76,16 @@ def test_render_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert _main(["render", "conv2d", "forward"]) == 2
     assert "expected SPEC QUANTITY -o FILE" in capsys.readouterr().err
     assert _main(["render", "conv2d", "--gallery", str(tmp_path)]) == 2
+
+
+def test_layer_kinds_are_registered_once() -> None:
+    from tnderiv.ir import DuplicateNameError, UnknownNameError
+    from tnderiv.render.spec import LAYER_KINDS, register_layer_kind
+
+    linear = LAYER_KINDS["linear"]
+    with pytest.raises(DuplicateNameError, match=r"^layer 'linear' is already registered; pass replace=True"):
+        register_layer_kind("linear", linear.defaults, linear.doc)(linear.build)
+    register_layer_kind("linear", linear.defaults, linear.doc, replace=True)(linear.build)
+    assert LAYER_KINDS["linear"] == linear
+    with pytest.raises(UnknownNameError, match=r"^unknown layer 'conv9d' in spec 'conv9d:stride=2'; valid layers are \['batchnorm1d'"):
+        parse_spec("conv9d:stride=2")

@@ -54,7 +54,7 @@ def test_every_rule_is_documented_and_registered() -> None:
     assert expected <= set(RULES)
     for rule in RULES.values():
         assert "Fires" in rule.doc or "As " in rule.doc, rule.name
-    with pytest.raises(KeyError, match="valid rules are"):
+    with pytest.raises(KeyError, match=r"unknown rewrite rule 'no such rule'; valid rewrite rules are \['"):
         get_rule("no such rule")
 
 
@@ -263,3 +263,19 @@ def test_constant_folding_does_not_grow_tensors() -> None:
     sizes = {"k": 3, "l": 3, "o": 4, "i": 6, "j": 6}
     d = Diagram((pattern("k", "o", "i", PatternParams(1)), pattern("l", "o", "j", PatternParams(1)), operand("x", "i"), operand("y", "j"), operand("w", "k", "l")), (), sizes)
     assert get_rule("constant folding").apply(d) is None  # folding Σ_o would give [k, i, l, j]: larger than either
+
+
+def test_rule_names_are_unique_unless_replaced() -> None:
+    from tnderiv.ir import DuplicateNameError
+    from tnderiv.simplify import rule
+
+    original = RULES["squeeze"]
+    with pytest.raises(DuplicateNameError, match=r"^rewrite rule 'squeeze' is already registered; pass replace=True"):
+        rule("squeeze")(original.apply)
+    assert RULES["squeeze"] is original
+    try:
+        rule("test: never fires")(lambda diagram: None)
+        rule("test: never fires", replace=True)(lambda diagram: None)
+        assert RULES["test: never fires"].apply(Diagram((), (), {})) is None
+    finally:
+        del RULES["test: never fires"]

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tnderiv.ir import Registry
+
 REDUCTIONS = ("mean", "sum")
 
 
@@ -42,25 +44,19 @@ class LossHessian:
     min_ndim: int = 1
 
 
-LOSSES: dict[str, LossHessian] = {}
+LOSSES: Registry[str, LossHessian] = Registry("loss", plural="losses")
 
 
-def register_loss(loss: LossHessian) -> LossHessian:
-    """Add ``loss`` to the registry under its name."""
-    if loss.name in LOSSES:
-        raise ValueError(f"loss {loss.name!r} is registered twice")
-    LOSSES[loss.name] = loss
-    return loss
+def register_loss(loss: LossHessian, *, replace: bool = False) -> LossHessian:
+    """Add ``loss`` to the registry under its name (a taken name raises ``DuplicateNameError`` unless ``replace``)."""
+    return LOSSES.register(loss.name, loss, replace=replace)
 
 
 def get_loss(name: Any) -> LossHessian:
     """The loss ``name``; raises listing the valid names."""
     if not isinstance(name, str):
         raise TypeError(f"loss must be a str naming the loss, got {type(name).__name__}; valid losses are {sorted(LOSSES)}")
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"loss {name!r} not found; valid losses are {sorted(LOSSES)}") from None
+    return LOSSES.lookup(name)
 
 
 def loss_hessian_sqrt(

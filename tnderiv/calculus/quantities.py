@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal, get_args
 
 from tnderiv.calculus.surgery import jvp, vjp
-from tnderiv.ir import Expression
+from tnderiv.ir import Expression, Registry
 from tnderiv.layers.base import LayerNetwork
 
 Builder = Callable[[LayerNetwork, str | None], Expression]
+WrtKind = Literal["none", "operand", "param"]  # no operand; any operand (inputs or params); a parameter
+WRT_KINDS: tuple[WrtKind, ...] = get_args(WrtKind)
 
 
 @dataclass(frozen=True)
@@ -20,18 +23,27 @@ class QuantityKind:
     name: str
     build: Builder
     doc: str
-    wrt: str = "none"  # "none", "operand" (inputs or params) or "param"
+    wrt: WrtKind = "none"
     default_wrt: str | None = None
 
 
-QUANTITIES: dict[str, QuantityKind] = {}
+QUANTITIES: Registry[str, QuantityKind] = Registry("quantity", plural="quantities", on_replace=lambda: derive.cache_clear())
 
 
-def register_quantity(name: str, *, wrt: str = "none", default_wrt: str | None = None) -> Callable[[Builder], Builder]:
-    """Register a builder ``(network, wrt) → expression`` under ``name`` (docstring: one line with shapes)."""
+def register_quantity(
+    name: str, *, wrt: WrtKind = "none", default_wrt: str | None = None, replace: bool = False
+) -> Callable[[Builder], Builder]:
+    """Register a builder ``(network, wrt) → expression`` under ``name`` (docstring: one line with shapes).
+
+    A name registered before raises ``DuplicateNameError`` unless ``replace=True`` (which also drops
+    the cached derivations).
+    """
+
+    if wrt not in WRT_KINDS:
+        raise ValueError(f"wrt={wrt!r}: expected one of {list(WRT_KINDS)}")
 
     def decorate(build: Builder) -> Builder:
-        QUANTITIES[name] = QuantityKind(name, build, (build.__doc__ or "").strip(), wrt, default_wrt)
+        QUANTITIES.register(name, QuantityKind(name, build, (build.__doc__ or "").strip(), wrt, default_wrt), replace=replace)
         return build
 
     return decorate
@@ -54,8 +66,7 @@ def parse_quantity(quantity: str, network: LayerNetwork) -> tuple[QuantityKind, 
                 what = "operand" if kind.wrt == "operand" else "parameter"
                 raise ValueError(f"unknown {what} {wrt!r} in quantity {quantity!r}; this layer has {list(allowed)}")
             return kind, wrt
-    valid = sorted(QUANTITIES)
-    raise ValueError(f"unknown quantity {quantity!r}; valid quantities are {valid} (with _<operand> where needed)")
+    raise QUANTITIES.unknown(quantity, where="(with _<operand> where needed)")
 
 
 def _examples(kind: QuantityKind, network: LayerNetwork) -> str:

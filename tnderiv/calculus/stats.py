@@ -22,7 +22,7 @@ import sympy
 from tnderiv.calculus.glue import glue, sum_legs
 from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import vjp
-from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, operand, terms_of
+from tnderiv.ir import Diagram, DiagramSum, Expression, Registry, make_sum, operand, terms_of
 from tnderiv.layers.base import LayerNetwork
 
 PER_SAMPLE_GRAD = "per_sample_grad"
@@ -38,16 +38,14 @@ class Statistic:
     per_param_shape: bool  # True: [*param]; False: over samples
 
 
-STATISTICS: dict[str, Statistic] = {}
+STATISTICS: Registry[str, Statistic] = Registry("statistic")
 
 
 def register_statistic(name: str, *, per_param_shape: bool) -> Callable[[Callable[[Expression], Expression]], Callable[[Expression], Expression]]:
     """Register ``build(half) → expression`` as statistic ``name`` and as the quantity ``name_<param>``."""
 
     def decorate(build: Callable[[Expression], Expression]) -> Callable[[Expression], Expression]:
-        if name in STATISTICS:
-            raise ValueError(f"statistic {name!r} is registered twice")
-        STATISTICS[name] = Statistic(name, build, (build.__doc__ or "").strip(), per_param_shape)
+        STATISTICS.register(name, Statistic(name, build, (build.__doc__ or "").strip(), per_param_shape))
 
         def quantity(network: LayerNetwork, wrt: str | None) -> Expression:
             assert wrt is not None
@@ -61,10 +59,10 @@ def register_statistic(name: str, *, per_param_shape: bool) -> Callable[[Callabl
 
 
 def get_statistic(name: object) -> Statistic:
-    """The statistic ``name``; raises listing the valid names."""
-    if not isinstance(name, str) or name not in STATISTICS:
-        raise ValueError(f"unknown statistic {name!r}; valid statistics are {sorted(STATISTICS)}")
-    return STATISTICS[name]
+    """The statistic ``name``; raises ``UnknownNameError`` (a ``ValueError``) listing the valid names."""
+    if not isinstance(name, str):
+        raise STATISTICS.unknown(name)
+    return STATISTICS.lookup(name)
 
 
 def per_sample_half(network: LayerNetwork, param: str) -> Expression:

@@ -14,17 +14,21 @@ from tnderiv.ir.nodes import (
     pattern,
     split_groups,
 )
+from tnderiv.ir.registry import DuplicateNameError, Registry, UnknownNameError
 
 __all__ = [
     "AxisView",
     "Diagram",
     "DiagramSum",
+    "DuplicateNameError",
     "Expression",
     "Node",
     "NodeKind",
     "PaddingMode",
     "PatternParams",
+    "Registry",
     "Size",
+    "UnknownNameError",
     "as_size",
     "delta",
     "evaluate",

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_EMITTERS: dict[str, Callable[..., Any]] = {}
+from tnderiv.ir.registry import Registry
+
+_EMITTERS: Registry[str, Callable[..., Any]] = Registry("emitter")
 _NAMES = ("to_tikz", "to_svg", "save")
 _PROVIDER: list[Callable[[], Any]] = []  # loads the module that registers the emitters, on first use
 
@@ -17,24 +19,33 @@ def set_provider(load: Callable[[], Any]) -> None:
     _PROVIDER[:] = [load]
 
 
-def register_emitters(*, to_tikz: Callable[..., str], to_svg: Callable[..., str], save: Callable[..., Path]) -> None:
-    """Install the functions behind ``Drawable.to_tikz``/``to_svg``/``save``/``_repr_svg_`` (``tnderiv.render`` on import)."""
-    for name, fn in zip(_NAMES, (to_tikz, to_svg, save), strict=True):
+def register_emitters(
+    *, to_tikz: Callable[..., str], to_svg: Callable[..., str], save: Callable[..., Path], replace: bool = False
+) -> None:
+    """Install the functions behind ``Drawable.to_tikz``/``to_svg``/``save``/``_repr_svg_`` (``tnderiv.render`` on import).
+
+    Emitters registered before raise ``DuplicateNameError`` unless ``replace=True``.
+    """
+    functions = (to_tikz, to_svg, save)
+    for name, fn in zip(_NAMES, functions, strict=True):
         if not callable(fn):
             raise TypeError(f"{name}={fn!r}: expected a callable")
-    _EMITTERS.update(to_tikz=to_tikz, to_svg=to_svg, save=save)
+    taken = [name for name in _NAMES if name in _EMITTERS]
+    if taken and not replace:
+        raise _EMITTERS.duplicate(taken[0])
+    for name, fn in zip(_NAMES, functions, strict=True):
+        _EMITTERS.register(name, fn, replace=replace)
 
 
 def _emitter(name: str) -> Callable[..., Any]:
     if name not in _EMITTERS and _PROVIDER:
         _PROVIDER[0]()
-    try:
+    if name in _EMITTERS:
         return _EMITTERS[name]
-    except KeyError:
-        raise RuntimeError(
-            f"no emitter {name!r} is registered: drawing needs tnderiv.render, which registers them on import "
-            "(`import tnderiv` does this)"
-        ) from None
+    raise RuntimeError(
+        f"no emitter {name!r} is registered: drawing needs tnderiv.render, which registers them on import "
+        "(`import tnderiv` does this)"
+    )
 
 
 class Drawable:

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import sympy
 
-from tnderiv.ir import Expression, terms_of
+from tnderiv.ir import Expression, Registry, terms_of
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -63,15 +63,24 @@ class Layer(Protocol):
         ...
 
 
-_FROM_MODULE: dict[type, Callable[[Any], Layer]] = {}
+_FROM_MODULE: Registry[type, Callable[[Any], Layer]] = Registry("module type", on_replace=lambda: _MODULE_SPECS.clear())
 
 
-def register_module(*module_types: type) -> Callable[[Callable[[Any], Layer]], Callable[[Any], Layer]]:
-    """Register a converter from ``torch.nn`` module types to a layer spec."""
+def register_module(*module_types: type, replace: bool = False) -> Callable[[Callable[[Any], Layer]], Callable[[Any], Layer]]:
+    """Register a converter from ``torch.nn`` module types to a layer spec.
+
+    A type registered before raises ``DuplicateNameError`` (naming it) unless ``replace=True``.
+    """
+    for module_type in module_types:
+        if not isinstance(module_type, type):
+            raise TypeError(f"register_module({module_type!r}): expected module classes such as torch.nn.Linear")
 
     def decorate(convert: Callable[[Any], Layer]) -> Callable[[Any], Layer]:
+        taken = [t for t in module_types if t in _FROM_MODULE and not replace]
+        if taken:
+            raise _FROM_MODULE.duplicate(taken[0])
         for module_type in module_types:
-            _FROM_MODULE[module_type] = convert
+            _FROM_MODULE.register(module_type, convert, replace=replace)
         return convert
 
     return decorate

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tnderiv.ir import Registry
 from tnderiv.layers import Conv, Linear
 
 Shapes = dict[str, tuple[int, ...]]
@@ -28,12 +29,15 @@ class LayerKind:
     doc: str
 
 
-LAYER_KINDS: dict[str, LayerKind] = {}
+LAYER_KINDS: Registry[str, LayerKind] = Registry("layer")
 
 
-def register_layer_kind(name: str, defaults: Mapping[str, Any], doc: str) -> Callable[[Builder], Builder]:
+def register_layer_kind(name: str, defaults: Mapping[str, Any], doc: str, *, replace: bool = False) -> Callable[[Builder], Builder]:
+    """Register ``build(params) → (spec, example shapes)`` as the layer ``name`` of the syntax (``DuplicateNameError``
+    for a taken name unless ``replace``)."""
+
     def decorate(build: Builder) -> Builder:
-        LAYER_KINDS[name] = LayerKind(name, build, dict(defaults), doc)
+        LAYER_KINDS.register(name, LayerKind(name, build, dict(defaults), doc), replace=replace)
         return build
 
     return decorate
@@ -64,9 +68,7 @@ def parse_spec(text: str) -> tuple[Any, Shapes]:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"layer spec {text!r}: expected KIND[:key=value,...], e.g. 'conv2d:stride=2'")
     kind_name, _, rest = text.strip().partition(":")
-    kind = LAYER_KINDS.get(kind_name.strip().lower())
-    if kind is None:
-        raise ValueError(f"unknown layer {kind_name!r} in spec {text!r}; valid layers are {sorted(LAYER_KINDS)}")
+    kind = LAYER_KINDS.lookup(kind_name.strip().lower(), where=f"in spec {text!r}")
     params = dict(kind.defaults)
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -123,7 +125,7 @@ def _linear(p: dict[str, Any]) -> tuple[Any, Shapes]:
     return Linear(p["in"], p["out"], bias=p["bias"]), {"x": (2,) + (3,) * shared + (p["in"],)}
 
 
-LAYER_KINDS["dense"] = LayerKind("dense", _linear, LAYER_KINDS["linear"].defaults, "same as linear")
+LAYER_KINDS.register("dense", LayerKind("dense", _linear, LAYER_KINDS["linear"].defaults, "same as linear"))
 
 
 def _register_norms() -> None:

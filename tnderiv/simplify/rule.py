@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tnderiv.ir import Diagram
+from tnderiv.ir import Diagram, Registry
 
 RuleFunction = Callable[[Diagram], Diagram | None]
 
@@ -21,27 +21,26 @@ class Rule:
     stage: str = "derive"
 
 
-RULES: dict[str, Rule] = {}
+RULES: Registry[str, Rule] = Registry("rewrite rule")
 
 
 STAGES = ("derive", "plan")
 
 
-def rule(name: str, *, priority: int = 50, stage: str = "derive") -> Callable[[RuleFunction], RuleFunction]:
+def rule(name: str, *, priority: int = 50, stage: str = "derive", replace: bool = False) -> Callable[[RuleFunction], RuleFunction]:
     """Register ``function`` as the rewrite rule ``name`` (its docstring says when it applies).
 
     The driver tries rules by ascending ``priority`` (then registration order): copy tensors (50)
     before patterns (55–62), legs (70) and constant folding (80). ``stage="derive"`` rules keep a
     diagram's open legs (derived diagrams are glued and split by leg name later); ``stage="plan"``
     rules may also rewrite the open legs (keeping the result's layout) and run only inside a plan.
+    A name registered before raises ``DuplicateNameError`` unless ``replace=True``.
     """
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {list(STAGES)}")
 
     def decorate(function: RuleFunction) -> RuleFunction:
-        if name in RULES:
-            raise ValueError(f"rule {name!r} is registered twice")
-        RULES[name] = Rule(name, function, (function.__doc__ or "").strip(), priority, stage)
+        RULES.register(name, Rule(name, function, (function.__doc__ or "").strip(), priority, stage), replace=replace)
         return function
 
     return decorate
@@ -57,8 +56,5 @@ def ordered_rules(stage: str = "derive") -> list[Rule]:
 
 
 def get_rule(name: str) -> Rule:
-    """The rule ``name``; raises listing the valid names."""
-    try:
-        return RULES[name]
-    except KeyError:
-        raise KeyError(f"rewrite rule {name!r} not found; valid rules are {sorted(RULES)}") from None
+    """The rule ``name``; raises ``UnknownNameError`` (a ``KeyError``) listing the valid names."""
+    return RULES.lookup(name)
