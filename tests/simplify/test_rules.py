@@ -267,15 +267,32 @@ def test_constant_folding_does_not_grow_tensors() -> None:
 
 def test_rule_names_are_unique_unless_replaced() -> None:
     from tnderiv.ir import DuplicateNameError
-    from tnderiv.simplify import rule
+    from tnderiv.simplify import rule as register_rule
 
     original = RULES["squeeze"]
     with pytest.raises(DuplicateNameError, match=r"^rewrite rule 'squeeze' is already registered; pass replace=True"):
-        rule("squeeze")(original.apply)
+        register_rule("squeeze")(original.apply)
     assert RULES["squeeze"] is original
     try:
-        rule("test: never fires")(lambda diagram: None)
-        rule("test: never fires", replace=True)(lambda diagram: None)
+        register_rule("test: never fires")(lambda diagram: None)
+        register_rule("test: never fires", replace=True)(lambda diagram: None)
         assert RULES["test: never fires"].apply(Diagram((), (), {})) is None
     finally:
         del RULES["test: never fires"]
+
+
+def test_stages_are_a_literal_in_the_signature() -> None:
+    import typing
+
+    from tnderiv.simplify import STAGES, Stage
+    from tnderiv.simplify import rule as register_rule
+    from tnderiv.simplify.rule import ordered_rules
+
+    assert STAGES == typing.get_args(Stage) == ("derive", "plan")
+    hint = typing.get_type_hints(register_rule)["stage"]
+    assert typing.get_args(hint) == STAGES
+    with pytest.raises(ValueError, match=r"stage='simplify': expected one of \['derive', 'plan'\]"):
+        register_rule("test: bad stage", stage="simplify")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stage='late': expected one of \['derive', 'plan'\]"):
+        ordered_rules("late")  # type: ignore[arg-type]
+    assert {r.stage for r in ordered_rules("plan")} == set(STAGES)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tnderiv.ir import Registry
 
-REDUCTIONS = ("mean", "sum")
+Reduction = Literal["mean", "sum"]
+REDUCTIONS: tuple[Reduction, ...] = get_args(Reduction)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def loss_hessian_sqrt(
     target: Any,
     *,
     mc_samples: int = 0,
-    reduction: str = "mean",
+    reduction: Literal["mean", "sum"] = "mean",
     generator: Any = None,
 ) -> Any:
     """``S`` of shape ``[M, N, *output.shape[1:]]`` with ``Σ_m S[m, n] S[m, n]ᵀ`` = the loss Hessian of sample ``n``.
@@ -78,7 +79,7 @@ def loss_hessian_sqrt(
     return compute_sqrt(spec, output, target, mc_samples, reduction, generator)
 
 
-def check_loss_inputs(loss: str, output: Any, target: Any, mc_samples: int, reduction: str, generator: Any) -> LossHessian:
+def check_loss_inputs(loss: str, output: Any, target: Any, mc_samples: int, reduction: Reduction, generator: Any) -> LossHessian:
     """Raise for bad arguments of ``loss_hessian_sqrt`` (naming them); returns the loss."""
     import torch
 
@@ -115,7 +116,7 @@ def sqrt_bytes(output: Any, mc_samples: int) -> tuple[int, tuple[int, ...]]:
     return 2 * columns * output.numel() * output.element_size(), (columns, *output.shape)
 
 
-def compute_sqrt(spec: LossHessian, output: Any, target: Any, mc_samples: int, reduction: str, generator: Any) -> Any:
+def compute_sqrt(spec: LossHessian, output: Any, target: Any, mc_samples: int, reduction: Reduction, generator: Any) -> Any:
     """``S`` for checked arguments (see ``loss_hessian_sqrt``)."""
     import torch
 
@@ -250,4 +251,4 @@ register_loss(
     LossHessian("cross_entropy", _ce_exact, _ce_sample, lambda out: out.numel() // out.shape[1], _ce_check, min_ndim=2)
 )
 
-__all__ = ["LOSSES", "REDUCTIONS", "LossHessian", "get_loss", "loss_hessian_sqrt", "register_loss"]
+__all__ = ["LOSSES", "REDUCTIONS", "LossHessian", "Reduction", "get_loss", "loss_hessian_sqrt", "register_loss"]

@@ -8,7 +8,7 @@ import re
 import secrets
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Mode = Literal["server", "static"]
 
@@ -31,8 +31,8 @@ def page_policy(nonce: str, mode: Mode) -> str:
 
 def render_page(report: dict[str, Any], mode: Mode = "static") -> tuple[str, str]:
     """The whole page for ``report`` and its Content-Security-Policy; ``mode="static"``: no re-planning, no measuring."""
-    if mode not in ("server", "static"):
-        raise ValueError(f"mode={mode!r}: expected 'server' or 'static'")
+    if mode not in get_args(Mode):
+        raise ValueError(f"mode={mode!r}: expected one of {list(get_args(Mode))}")
     nonce = secrets.token_urlsafe(16)  # only the page's own script runs, even if a name ever slipped through as markup
     csp = page_policy(nonce, mode)
     page = _asset("page.html")

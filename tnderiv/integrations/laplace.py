@@ -15,7 +15,7 @@ as laplace's curvlinops backend does. ``full`` and ``jacobians`` materialize the
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from laplace.baselaplace import KronLaplace
@@ -39,7 +39,7 @@ from tnderiv.model.units import owners
 class _TnderivInterface:
     """What the GGN and EF backends share: a ``tnderiv.Curvature`` of the model under laplace's summed loss."""
 
-    fisher: str = "type-2"
+    fisher: Literal["type-2", "empirical"] = "type-2"  # the backend's kind of curvature (stochastic: "mc")
 
     def _check_supported(self) -> None:
         if self.subnetwork_indices is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 class NodeKind(str, enum.Enum):
@@ -19,6 +19,9 @@ class NodeKind(str, enum.Enum):
     FOLDED = "folded"  # a sub-network of constants contracted into one constant (e.g. Π̄ = Σ_o Π)
 
 
+PaddingModeName = Literal["zeros", "reflect", "replicate", "circular"]  # the values of ``PaddingMode``
+
+
 class PaddingMode(str, enum.Enum):
     """How a pattern treats an index that falls outside the input."""
 
@@ -28,7 +31,7 @@ class PaddingMode(str, enum.Enum):
     CIRCULAR = "circular"
 
     @classmethod
-    def parse(cls, value: str | PaddingMode) -> PaddingMode:
+    def parse(cls, value: PaddingModeName | PaddingMode) -> PaddingMode:
         """The mode named ``value``; raises listing the valid names."""
         try:
             return cls(value)

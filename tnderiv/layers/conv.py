@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import sympy
 
@@ -29,11 +29,11 @@ class Conv:
     _: KW_ONLY
     dims: int = 2
     stride: Any = 1
-    padding: Any = 0
+    padding: int | Sequence[int] | Sequence[tuple[int, int]] | Literal["same", "valid"] = 0
     dilation: Any = 1
     groups: int = 1
     bias: bool = True
-    padding_mode: Any = "zeros"
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] | PaddingMode = "zeros"
     transposed: bool = False
     output_padding: Any = 0
 

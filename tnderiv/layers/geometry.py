@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import sympy
 
 PadPairs = tuple[tuple[int, int], ...]
+PaddingName = Literal["same", "valid"]  # torch's padding words: keep the input size (stride 1), no padding
+PADDING_NAMES: tuple[PaddingName, ...] = get_args(PaddingName)
+Padding = int | Sequence[int] | Sequence[tuple[int, int]] | PaddingName
 
 
 def per_dim(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ...]:
@@ -20,7 +23,7 @@ def per_dim(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ...
     return tuple(int(v) for v in values)
 
 
-def padding_pairs(padding: Any, dims: int, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> PadPairs:
+def padding_pairs(padding: Padding, dims: int, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> PadPairs:
     """(left, right) padding per dimension from an int, a tuple, per-side pairs, ``'same'`` or ``'valid'``."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -30,7 +33,7 @@ def padding_pairs(padding: Any, dims: int, kernel: Sequence[int], stride: Sequen
                 raise ValueError(f"padding='same' needs stride 1 in every dimension, got stride={tuple(stride)}")
             # like torch: the extra element of an odd total padding goes to the right
             return tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation))
-        raise ValueError(f"padding={padding!r}: expected an int, a tuple, per-side pairs, 'same' or 'valid'")
+        raise ValueError(f"padding={padding!r}: expected an int, a tuple, per-side pairs, or one of {list(PADDING_NAMES)}")
     if _is_int(padding):
         pairs: tuple[Any, ...] = ((padding, padding),) * dims
     elif isinstance(padding, Sequence) and len(padding) == dims:

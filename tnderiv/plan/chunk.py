@@ -15,6 +15,7 @@ from typing import Any
 import sympy
 
 from tnderiv.ir import NodeKind, terms_of
+from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT
 from tnderiv.plan.protocol import CompiledPlan
 
@@ -139,14 +140,7 @@ class ChunkedRun:
             for r in results[1:]:
                 total = total + r
             return total
-        first = results[0]
-        if type(first).__module__.split(".")[0] == "torch":
-            import torch
-
-            return torch.cat(results, dim=self.out_axis)
-        import cupy  # type: ignore[import-not-found]
-
-        return cupy.concatenate(results, axis=self.out_axis)
+        return backend_of(results[0]).concatenate(results, self.out_axis)
 
 
 def _narrow(array: Any, axis: int, start: int, length: int) -> Any:

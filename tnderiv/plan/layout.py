@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from tnderiv.ir import Node
+from tnderiv.plan.backends import CUPY
 from tnderiv.plan.cache import register_cache
 
 
@@ -78,7 +79,7 @@ def leg_array(array: Any, layout: LegLayout) -> Any:
         base = array[tuple(slice(o, None) for o in layout.offsets)]
         strides = tuple(base.strides[axis] * step for axis, step in layout.steps)
         return np.lib.stride_tricks.as_strided(base, layout.shape, strides, writeable=False)
-    if type(array).__module__.split(".")[0] == "cupy":
+    if CUPY.owns(array):
         import cupy  # type: ignore[import-not-found]
 
         base = array[tuple(slice(o, None) for o in layout.offsets)]

@@ -75,7 +75,7 @@ def _ranks(state: LayoutState, indices: list[int]) -> dict[int, float]:
     rank: dict[int, float | None] = {}
     for i in indices:
         node = nodes[i]
-        if node.kind is NodeKind.PATTERN or node.kind.value == "folded":
+        if node.kind in (NodeKind.PATTERN, NodeKind.FOLDED):
             rank[i] = PATTERN_RANK
         elif node.kind is NodeKind.OPERAND:
             name = node.name.rstrip("'")
@@ -208,7 +208,7 @@ def _place_satellites(state: LayoutState, satellites: dict[int, int], centers: d
 
 
 def _stack_key(node: Node, index: int) -> tuple[int, int]:
-    if node.kind is NodeKind.PATTERN or node.kind.value == "folded":
+    if node.kind in (NodeKind.PATTERN, NodeKind.FOLDED):
         return (1, _spatial_index(node))
     return (0 if node.kind is NodeKind.OPERAND else 2, index)
 

@@ -9,13 +9,15 @@ from tnderiv.simplify import legs as _legs  # noqa: F401
 from tnderiv.simplify import patterns as _patterns  # noqa: F401
 from tnderiv.simplify.check import RewriteCheckError, check_rewrites, checking
 from tnderiv.simplify.driver import Derivation, Step, simplify, tidy_names
-from tnderiv.simplify.rule import RULES, Rule, get_rule, rule
+from tnderiv.simplify.rule import RULES, STAGES, Rule, Stage, get_rule, rule
 
 __all__ = [
     "RULES",
+    "STAGES",
     "Derivation",
     "RewriteCheckError",
     "Rule",
+    "Stage",
     "Step",
     "check_rewrites",
     "checking",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from tnderiv.ir import Diagram, Registry
 
 RuleFunction = Callable[[Diagram], Diagram | None]
+Stage = Literal["derive", "plan"]  # keeps the open legs (derived diagrams); may rewrite them (inside a plan only)
+STAGES: tuple[Stage, ...] = get_args(Stage)
 
 
 @dataclass(frozen=True)
@@ -18,16 +21,13 @@ class Rule:
     apply: RuleFunction
     doc: str
     priority: int = 50
-    stage: str = "derive"
+    stage: Stage = "derive"
 
 
 RULES: Registry[str, Rule] = Registry("rewrite rule")
 
 
-STAGES = ("derive", "plan")
-
-
-def rule(name: str, *, priority: int = 50, stage: str = "derive", replace: bool = False) -> Callable[[RuleFunction], RuleFunction]:
+def rule(name: str, *, priority: int = 50, stage: Literal["derive", "plan"] = "derive", replace: bool = False) -> Callable[[RuleFunction], RuleFunction]:
     """Register ``function`` as the rewrite rule ``name`` (its docstring says when it applies).
 
     The driver tries rules by ascending ``priority`` (then registration order): copy tensors (50)
@@ -46,7 +46,7 @@ def rule(name: str, *, priority: int = 50, stage: str = "derive", replace: bool 
     return decorate
 
 
-def ordered_rules(stage: str = "derive") -> list[Rule]:
+def ordered_rules(stage: Stage = "derive") -> list[Rule]:
     """The rules of ``stage`` (``"plan"``: all rules) in the order the driver tries them."""
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {list(STAGES)}")
