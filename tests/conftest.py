@@ -1,15 +1,11 @@
-"""Test-wide setup: make ``tests/cases`` importable as ``cases`` and bound hypothesis' work."""
+"""Test-wide setup: bound torch's threads and hypothesis' work (``cases`` imports through pyproject's ``pythonpath``)."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import torch
 from hypothesis import HealthCheck, settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # test tensors are tiny: extra threads only contend on a shared machine (measured: 2.4x less CPU time)
 torch.set_num_threads(int(os.environ.get("TNDERIV_TEST_THREADS", "1")))

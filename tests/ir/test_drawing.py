@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import tnderiv  # noqa: F401  (registers the emitters)
+import tnderiv.render  # noqa: F401  (registers the emitters on import)
 from tnderiv.ir import Diagram, DuplicateNameError, drawing, operand
 
 
