@@ -57,7 +57,7 @@ def _program(module: torch.nn.Module, x: torch.Tensor) -> Any:
     network = _network(module, {"x": tuple(x.shape)})
     _, factor = input_factor(network, Approx.EXPAND)
     side = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, "auto", False)
-    return lag_program(factor.glued, side.prepared.sizes, 1.0, force=True)
+    return lag_program(factor.glued, side.plan.sizes, 1.0, force=True)
 
 
 def full_size_flops(case_id: str) -> dict[str, Any] | None:

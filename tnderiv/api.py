@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from tnderiv.calculus import derive, parse_quantity
 from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
@@ -15,9 +15,10 @@ from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.cache import clear_caches as clear_all_caches
 from tnderiv.plan.compiled import Plan, get_plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
+from tnderiv.plan.keys import call_key
 from tnderiv.plan.memory import needs_check
-from tnderiv.plan.optimizers import cache_key
 
+T = TypeVar("T")
 PARAMS = ("weight", "bias")
 COMPLEX_UNSUPPORTED = (
     "complex dtypes are not supported; tnderiv's derivatives are real (torch's complex autograd conjugates, "
@@ -113,28 +114,21 @@ def _grad_enabled() -> bool:
 
 
 CALL_CACHE: LRUCache[_Call | _EmptyCall] = LRUCache(maxsize=512)
-register_cache("calls", "warm calls by (spec, quantity, shapes, dtypes, devices, options): a plan each", lambda: CALL_CACHE, 1)
+# a warm call keeps one plan alive; a KFAC side up to four (its factor's half and Gram, the bias cross term's)
+register_cache("calls", "warm calls by call_key (spec and quantity, shapes, dtypes, devices, options), KFAC sides", lambda: CALL_CACHE, 4)
 register_cache("derivations", "derived diagrams by (layer network, quantity, simplify)", lambda: derive)
 register_cache("module specs", "specs of torch modules and their settings (weak keys: max 0 = one per live module)", lambda: MODULE_SPECS)
+
+
+def cached_call(key: Hashable | None, build: Callable[[], T]) -> T:
+    """The warm call under ``key`` (a ``call_key``), built on a miss; ``None`` (an unusual argument): built, not kept."""
+    return build() if key is None else CALL_CACHE.get_or_build(key, build)  # type: ignore[arg-type,return-value]
 
 
 def clear_caches() -> None:
     """Forget everything cached (``tnderiv.cache_info()`` lists it): warm calls, compiled plans, prepared KFAC
     factors, constants on the host and on devices, derived diagrams. The next call of each quantity plans again."""
     clear_all_caches()
-
-
-def _call_key(
-    spec: Any, quantity: str, given: Mapping[str, Any], output_shape: Any, optimize: Any, options: tuple[bool, Any]
-) -> Hashable | None:
-    """A cheap key for a warm call, or None for anything unusual (the slow path then raises properly)."""
-    try:
-        tensors = tuple((k, type(v), tuple(v.shape), v.dtype, v.device) for k, v in given.items())
-        key = (spec, quantity, tensors, None if output_shape is None else tuple(output_shape), cache_key(optimize), options)
-        hash(key)
-    except (AttributeError, TypeError):
-        return None
-    return key
 
 
 def run_quantity(
@@ -161,10 +155,9 @@ def run_quantity(
         spec = spec_of(layer)  # an unsupported module raises here, naming its type, before anything is read
     given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
     options = (bool(simplify), memory_limit)
-    key = _call_key(spec, quantity, given, output_shape, optimize, options)
+    key = call_key((spec, quantity), given, optimize, output_shape, options)
     build = lambda: _build_call(layer, spec, quantity, tensors, given, output_shape, optimize, options)  # noqa: E731
-    call = build() if key is None else CALL_CACHE.get_or_build(key, build)
-    return call(given)
+    return cached_call(key, build)(given)
 
 
 def _build_call(

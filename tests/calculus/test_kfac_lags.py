@@ -58,7 +58,7 @@ def test_lag_factor_equals_unfold(dims: int, kernel: int, dilation: int, padding
     conv = _conv(dims, channels, kernel, dilation, padding, groups)
     network = _network(conv, {"x": tuple(x.shape)})
     _, factor = input_factor(network, Approx.EXPAND)
-    sizes = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, "auto", False).prepared.sizes
+    sizes = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, "auto", False).plan.sizes
     program = lag_program(factor.glued, sizes, 1.0, force=True)
     assert program is not None, "stride 1 and zeros padding: the lag form must apply"
     positions = x.shape[0] * (size + 2 * padding - dilation * (kernel - 1)) ** dims
@@ -89,7 +89,7 @@ def test_three_dims(forced: None) -> None:
 def _chosen(conv: torch.nn.Module, shape: tuple[int, ...]) -> bool:
     x = torch.randn(*shape)
     side = api_kfac._input_side(_network(conv, {"x": shape}), {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, "auto", False)
-    return side.prepared.lags is not None
+    return side.plan.lags is not None
 
 
 def test_cost_model_chooses_lags_for_large_inputs_and_not_for_1x1() -> None:
@@ -112,7 +112,7 @@ def test_not_fired_for_reduce_or_kept_half() -> None:
     network = _network(conv, {"x": tuple(x.shape)})
     for approx, keep in ((Approx.REDUCE, False), (Approx.EXPAND, True)):
         side = api_kfac._input_side(network, {"x": x}, approx, api_kfac.BiasMode.SEPARATE, "auto", keep)
-        assert side.prepared.lags is None
+        assert side.plan.lags is None
 
 
 def test_asymmetric_same_padding(forced: None) -> None:

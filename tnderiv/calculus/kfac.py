@@ -19,7 +19,7 @@ a Hessian square root already carries that scaling (``c = 1``). Factors are per 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -27,6 +27,7 @@ import sympy
 
 from tnderiv.calculus.ggn import SQRT_OUT, STACK_LEG, stack_operand
 from tnderiv.calculus.glue import glue, sum_legs
+from tnderiv.calculus.gram import Glued, Scale
 from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import vjp as vjp_of
 from tnderiv.ir import Diagram, DiagramSum, Expression, Node, NodeKind, ones, operand
@@ -190,50 +191,16 @@ def _component(diagram: Diagram, name: str, cut: set[str]) -> set[int]:
 
 # ----- factors ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Scale:
-    """A product of leg sizes ``∏ size(leg)^power``, e.g. ``1/(N·S)``.
+class Factor(Glued):
+    """A KFAC factor ``scale · Σ h h'ᵀ`` of two (collapsed) halves (``Glued``), plus ``whole``: the glued
+    network fully simplified (what ``tnderiv.diagram`` shows).
 
-    Kept per leg, not only as a sympy product: a size bound from a shape (``o0 = 2·I0 + 1``) is known
-    for its leg even where the product of such expressions cannot be evaluated symbol by symbol.
+    The forms that run keep the split's leg names (copy-tensor rules only; the planner simplifies again
+    once sizes are bound). ``half_axes`` are each leading leg, the group legs, the own legs, so the Gram
+    is one batched GEMM. Open legs: group legs, ``h``'s own legs, ``h'``'s.
     """
 
-    powers: tuple[tuple[str, int], ...] = ()
-
-    def expr(self, sizes: Mapping[str, sympy.Expr]) -> sympy.Expr:
-        return sympy.Mul(*(sizes[leg] ** power for leg, power in self.powers))
-
-    def value(self, sizes: Mapping[str, int]) -> sympy.Rational:
-        return sympy.Mul(*(sympy.Integer(sizes[leg]) ** power for leg, power in self.powers))
-
-
-@dataclass(frozen=True)
-class Factor:
-    """A KFAC factor ``scale · Σ h h'ᵀ`` of two (collapsed) halves, in the forms that are shown and run.
-
-    ``whole`` is the glued network, fully simplified (what ``tnderiv.diagram`` shows). The forms that
-    run keep the split's leg names (copy-tensor rules only; the planner simplifies again once sizes
-    are bound): ``glued`` (one network), or ``half`` (``h``) and ``gram`` (the factor on the evaluated
-    half: operand ``half_name`` with axes ``half_axes`` — each leading leg, the group legs, the own
-    legs — so the Gram is one batched GEMM). ``h'`` is either the same half, contracted once instead
-    of twice (operand ``copy_name``: the runner passes it pre-multiplied by the coefficient, a pass
-    over the half instead of over the factor), or a constant half such as a bias's ones. ``source``
-    is the uncollapsed half (for binding sizes); ``scale`` the factor's normalization (already in the
-    coefficients). Open legs: group legs, ``h``'s own legs, ``h'``'s.
-    """
-
-    whole: Diagram = field(compare=False)  # derived from ``glued``; kept out of hashing
-    glued: Diagram
-    source: Diagram
-    half: Diagram | None = None
-    gram: Diagram | None = None
-    half_name: str = ""
-    half_axes: tuple[tuple[str, ...], ...] = ()
-    copy_name: str = ""
-
-    @property
-    def half_legs(self) -> tuple[str, ...]:
-        return tuple(leg for axis in self.half_axes for leg in axis)
-    scale: Scale = Scale()
+    whole: Diagram | None = field(default=None, compare=False)  # derived from ``glued``; kept out of hashing
 
 
 def _collapse(half: Diagram, split: KFACSplit, approx: Approx, mean: bool) -> Diagram:
@@ -273,7 +240,7 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     whole = _simplify(glued)
     assert isinstance(whole, Diagram)
     if not half_name:
-        return Factor(whole, glued, source, scale=scale)
+        return Factor(glued, source, scale=scale, whole=whole)
     same = h2 == h1
     structural = set(split.structural_legs)
     # group axis first: the Gram is then a batched GEMM over contiguous groups
@@ -295,7 +262,7 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     else:
         other = h2
     gram = _structural(_gram(evaluated, other, split, factor))
-    return Factor(whole, glued, source, half, gram, half_name=half_name, half_axes=axes, copy_name=copy_name, scale=scale)
+    return Factor(glued, source, half, gram, half_name=half_name, half_axes=axes, copy_name=copy_name, scale=scale, whole=whole)
 
 
 def _derived(diagram: Diagram) -> Diagram:
@@ -395,11 +362,13 @@ __all__ = [
     "Approx",
     "BiasMode",
     "Factor",
+    "Glued",
     "KFACSplit",
     "LOSS_AVERAGES",
     "bias_input_factors",
     "input_factor",
     "output_factor",
     "parse_loss_average",
+    "Scale",
     "split_vjp",
 ]

@@ -12,25 +12,27 @@ import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import opt_einsum as oe
 import sympy
 
 from tnderiv.ir import Diagram, Expression, node_tag, terms_of
-from tnderiv.plan.backends import Backend, backend_of
+from tnderiv.plan.backends import backend_of
 from tnderiv.plan.bind import OUTPUT, Bindings, bind_sizes, concrete
 from tnderiv.plan.cache import LRUCache, register_cache
 from tnderiv.plan.chunk import ChunkedRun
 from tnderiv.plan.constants import device_constant
 from tnderiv.plan.conv import ConvKernel
 from tnderiv.plan.guards import check_operands, check_plan_memory, needed_bytes
+from tnderiv.plan.keys import plan_key
 from tnderiv.plan.memory import needs_check
-from tnderiv.plan.optimizers import Candidate, cache_key, candidate_paths, opt_einsum_path, rank, resolve
+from tnderiv.plan.optimizers import Candidate, candidate_paths, opt_einsum_path, rank, resolve
 from tnderiv.plan.program import Network, Program
 from tnderiv.plan.report import PlanStep, format_html, format_text
 
 ShapeMap = Mapping[str, tuple[int, ...]]
+T = TypeVar("T")
 
 
 class TermPlan:
@@ -427,8 +429,9 @@ def _fused_bias(terms: tuple[TermPlan, ...], out_shape: tuple[int, ...]) -> tupl
     return program, operands[0][1], channels
 
 
-PLAN_CACHE: LRUCache[Plan] = LRUCache(maxsize=512)
-register_cache("plans", "compiled plans by (diagram, shapes, backend, device, dtype, optimizer, ...)", lambda: PLAN_CACHE, 1)
+PLAN_CACHE: LRUCache[Any] = LRUCache(maxsize=512)
+# a GramPlan (plan.gram) keeps at most two plans alive: the half's and the Gram's
+register_cache("plans", "compiled plans (and plans of glued quantities) by plan_key: expression, shapes, place, optimizer, options", lambda: PLAN_CACHE, 2)
 
 
 def get_plan(
@@ -445,21 +448,13 @@ def get_plan(
 
     ``simplify=False`` skips the plan-stage rewrites; ``memory_limit`` (bytes) bounds every intermediate.
     """
-    device = getattr(like, "device", None)
-    if type(device).__module__ == "torch":  # torch devices and dtypes hash quickly; no string formatting
-        place: tuple = ("torch", device, like.dtype)
-    else:
-        backend: Backend = backend_of(like)
-        place = (backend.name, backend.device_key(like), backend.dtype_key(like))
-    key: Hashable = (
-        expr,
-        tuple(sorted((k, tuple(v)) for k, v in shapes.items())),
-        place,
-        optimize if isinstance(optimize, str) else cache_key(optimize),
-        bool(simplify),
-        memory_limit,
-    )
-    return PLAN_CACHE.get_or_build(key, lambda: Plan(expr, shapes, like, optimize, check, simplify=simplify, memory_limit=memory_limit))
+    key = plan_key(expr, shapes, like, optimize, bool(simplify), memory_limit)
+    return cached_plan(key, lambda: Plan(expr, shapes, like, optimize, check, simplify=simplify, memory_limit=memory_limit))
 
 
-__all__ = ["OUTPUT", "PLAN_CACHE", "Plan", "PlanStep", "TermPlan", "get_plan"]
+def cached_plan(key: Hashable, build: Callable[[], T]) -> T:
+    """The plan under ``key`` (a ``plan_key``) in the one plan cache, built on a miss."""
+    return PLAN_CACHE.get_or_build(key, build)  # type: ignore[return-value]
+
+
+__all__ = ["OUTPUT", "PLAN_CACHE", "Plan", "PlanStep", "TermPlan", "cached_plan", "get_plan"]

@@ -1,0 +1,67 @@
+"""Glued quantities ``c · Σ h h'``: a half glued to its copy, in the forms the planner can run.
+
+KFAC factors, gradient statistics and GGN diagonals are all of this shape. The planner
+(``plan.gram``) runs one of the forms: the glued network in one contraction, or the half once and
+then its Gram on the evaluated half (what "materialize" means for statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import sympy
+
+from tnderiv.ir import Expression
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A product of leg sizes ``∏ size(leg)^power``, e.g. ``1/(N·S)``.
+
+    Kept per leg, not only as a sympy product: a size bound from a shape (``o0 = 2·I0 + 1``) is known
+    for its leg even where the product of such expressions cannot be evaluated symbol by symbol.
+    """
+
+    powers: tuple[tuple[str, int], ...] = ()
+
+    def expr(self, sizes: Mapping[str, sympy.Expr]) -> sympy.Expr:
+        return sympy.Mul(*(sizes[leg] ** power for leg, power in self.powers))
+
+    def value(self, sizes: Mapping[str, int]) -> sympy.Rational:
+        return sympy.Mul(*(sympy.Integer(sizes[leg]) ** power for leg, power in self.powers))
+
+
+@dataclass(frozen=True)
+class Glued:
+    """``scale · Σ h h'`` in the forms that run.
+
+    ``glued``: one network. ``half`` (``h``) and ``gram``: the half evaluated once (operand
+    ``half_name``, axes ``half_axes``), then the Gram on it. ``h'`` in ``gram`` is the same operand,
+    or the operand ``copy_name`` (the runner passes the half pre-multiplied by the Gram's
+    coefficient: a pass over the half instead of over the result), or a constant half (a bias's
+    ones). ``source``: the expression whose operands bind every size (the uncollapsed half).
+    ``scale``: the normalization by leg sizes, already in the coefficients (it may count legs the
+    evaluated half no longer has, e.g. positions summed inside the half).
+    """
+
+    glued: Expression
+    source: Expression
+    half: Expression | None = None
+    gram: Expression | None = None
+    half_name: str = ""
+    half_axes: tuple[tuple[str, ...], ...] = ()
+    copy_name: str = ""
+    scale: Scale = Scale()
+
+    @property
+    def half_legs(self) -> tuple[str, ...]:
+        return tuple(leg for axis in self.half_axes for leg in axis)
+
+    @property
+    def staged(self) -> bool:
+        """Whether the two-stage form exists."""
+        return self.half is not None and self.gram is not None
+
+
+__all__ = ["Glued", "Scale"]

@@ -1,0 +1,250 @@
+"""One plan for a glued quantity ``c · Σ h h'`` (``calculus.gram.Glued``): KFAC factors, statistics, GGN diagonals.
+
+Three ways to run it, chosen by the cost model per layer and sizes (``strategy="auto"``) or forced:
+
+- ``"flat"``: the glued network contracted at once (nothing per-sample is stored);
+- ``"staged"``: the half once, then its Gram on the evaluated half — a batched GEMM (for statistics
+  this is "materialize the per-sample gradients, then reduce");
+- ``"lags"``: KFAC-expand's input factor by per-lag channel correlations (``plan.lags``), where
+  exact and cheaper than the unfolded Gram.
+
+A ``GramPlan`` is cached in the plan cache beside ``Plan`` (``get_gram_plan``) and runs like one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import sympy
+
+from tnderiv.calculus.gram import Glued
+from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, terms_of
+from tnderiv.plan.bind import Bindings, bind_sizes
+from tnderiv.plan.compiled import Plan, _empty_like, cached_plan, get_plan
+from tnderiv.plan.cost import MOVE_COST
+from tnderiv.plan.guards import check_operands
+from tnderiv.plan.keys import plan_key
+from tnderiv.plan.lags import LagProgram, cached_lag_program
+from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
+from tnderiv.simplify.lags import glued_lags
+
+Strategy = Literal["auto", "flat", "staged"]
+STRATEGIES: tuple[str, ...] = ("auto", "flat", "staged")
+Check = Callable[[Mapping[sympy.Symbol, int]], None] | None
+
+
+class GramPlan:
+    """``glued`` planned for operand ``shapes`` on ``like``'s backend, device and dtype.
+
+    ``strategy`` is what runs (``"flat"``, ``"staged"`` or ``"lags"``); ``scores`` the cost model's score of each
+    way that was planned; ``plans`` the compiled plans that run (staged: the half's, then the Gram's);
+    ``sizes`` the bound leg sizes of ``glued.source``. ``run(operands)`` → ``(value, evaluated half or None)``.
+    """
+
+    def __init__(
+        self,
+        glued: Glued,
+        shapes: Mapping[str, tuple[int, ...]],
+        like: Any,
+        optimize: Any = "auto",
+        check: Check = None,
+        *,
+        strategy: Strategy = "auto",
+        lags: bool | None = False,
+        memory_limit: int | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r}: expected one of {list(STRATEGIES)}")
+        if strategy == "staged" and not glued.staged:
+            raise ValueError("strategy='staged' needs the two-stage form (half and Gram) of this quantity, which it does not have")
+        self.glued = glued
+        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        source_shapes = {name: self.shapes[name] for name in glued.source.operand_names}
+        self.bindings: Bindings = bind_sizes(glued.source, source_shapes, check)
+        self.sizes = {leg: self.bindings.value(size) for leg, size in _sizes(glued.source).items()}
+        self._like = _empty_like(like)  # never keep a user tensor alive
+        self.scores: dict[str, float] = {}
+        self.flat: Plan | None = None
+        self.half: Plan | None = None
+        self.gram: Plan | None = None
+        self.copy_scale = 1.0
+        self.lags: LagProgram | None = None
+        if strategy != "flat" and glued.staged and (strategy == "staged" or _worth_staging(glued.half)):
+            self._plan_staged(optimize, check, memory_limit)
+        if strategy != "staged":
+            self._plan_flat(optimize, check, memory_limit)
+        self.strategy = self._choose(strategy)
+        if strategy == "auto" and lags is not False and glued_lags(glued.glued) is not None:
+            scale = float(_bound(glued.glued, glued, self.bindings, self.sizes).coefficient)  # type: ignore[union-attr]
+            self.lags = cached_lag_program(glued.glued, self.sizes, scale, lags)
+            if self.lags is not None:
+                self.strategy = "lags"
+        self.out_shape = (self.flat or self.gram).out_shape  # type: ignore[union-attr]
+        if self.strategy != "flat":
+            self.flat = None  # keep only the plans that run alive
+        if self.strategy != "staged":
+            self.half = self.gram = None
+        self.plans: tuple[Plan, ...] = tuple(p for p in (self.flat, self.half, self.gram) if p is not None)
+        self.operand_names = (self.lags.name,) if self.lags is not None else tuple(self.plans[0].operand_names)
+
+    # ----- planning ----------------------------------------------------------------------------------
+    def _plan_staged(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+        glued = self.glued
+        assert glued.half is not None and glued.gram is not None
+        self.half = get_plan(glued.half, self._shapes_of(glued.half), self._like, optimize, check, memory_limit=memory_limit)
+        shape = self.half.out_shape
+        gram = _bound(glued.gram, glued, self.bindings, self.sizes)
+        shapes = {glued.half_name: shape}
+        if glued.copy_name:
+            # the copy is passed pre-multiplied: a pass over the half, not over the (larger) result
+            assert isinstance(gram, Diagram), "a Gram on a scaled copy is one diagram"
+            self.copy_scale = float(gram.coefficient)
+            gram = gram.replace(coefficient=1)
+            shapes[glued.copy_name] = shape
+        self.gram = get_plan(gram, shapes, self._like, optimize, memory_limit=memory_limit)
+        copy = MOVE_COST * 2 * math.prod(shape) if glued.copy_name else 0.0
+        self.scores["staged"] = self.half.score + self.gram.score + copy
+
+    def _plan_flat(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+        expr = _bound(self.glued.glued, self.glued, self.bindings, self.sizes)
+        self.flat = get_plan(expr, self._shapes_of(expr), self._like, optimize, check, memory_limit=memory_limit)
+        self.scores["flat"] = self.flat.score
+
+    def _choose(self, strategy: Strategy) -> str:
+        if strategy != "auto":
+            return strategy
+        if "flat" not in self.scores:
+            return "staged"
+        if "staged" not in self.scores:
+            return "flat"
+        return "staged" if self.scores["staged"] < self.scores["flat"] else "flat"
+
+    def _shapes_of(self, expr: Expression) -> dict[str, tuple[int, ...]]:
+        missing = [name for name in expr.operand_names if name not in self.shapes]
+        if missing:
+            raise ValueError(f"this quantity needs operands {missing} besides {sorted(self.shapes)}")
+        return {name: self.shapes[name] for name in expr.operand_names}
+
+    # ----- running -----------------------------------------------------------------------------------
+    def run(self, operands: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(value, evaluated half or None)``, without checks (operands by name, user layout)."""
+        if self.lags is not None:
+            return self.lags(operands[self.lags.name]), None
+        if self.flat is not None and self.strategy == "flat":
+            return self.flat.execute(operands), None
+        assert self.half is not None
+        half = self.half.execute(operands)
+        return self.run_gram(half), half
+
+    def run_gram(self, half: Any) -> Any:
+        """The Gram on an evaluated half (``[*half_axes]``, as ``half`` returns it)."""
+        assert self.gram is not None
+        given = {self.glued.half_name: half}
+        if self.glued.copy_name:
+            given[self.glued.copy_name] = half * self.copy_scale
+        return self.gram.execute(given)
+
+    def __call__(self, operands: Mapping[str, Any] | None = None, **named: Any) -> Any:
+        """Check the operands (names, shapes, dtype, device) and the memory budget, then run; returns the value."""
+        given = dict(operands, **named) if operands else named
+        for plan in self.plans[:1]:
+            check_operands(plan, given)
+        self.check_memory()
+        return self.run(given)[0]
+
+    @property
+    def needed_bytes(self) -> int:
+        """Bytes a run allocates at its peak (staged: the half, its copy and the Gram's result and intermediates)."""
+        if self.strategy != "staged":
+            return self.plans[0].needed_bytes if self.plans else 0
+        assert self.half is not None and self.gram is not None
+        return 2 * self.half.needed_bytes + self.gram.needed_bytes
+
+    def check_memory(self, quantity: str = "this quantity", options: Sequence[str] = (SMALLER_BATCH, SET_BUDGET)) -> None:
+        """Raise ``MemoryBudgetError`` before anything is allocated if ``needed_bytes`` exceed the budget."""
+        needed = self.needed_bytes
+        if not needs_check(needed):
+            return
+        if self.strategy == "flat" and self.flat is not None:
+            self.flat.check_memory(quantity)
+            return
+        half = f"the evaluated half {list(self.half.out_shape)} and its copy, " if self.half is not None and self.strategy == "staged" else ""
+        check_fits(quantity, needed, self._like.device, f"{half}the result {list(self.out_shape)}", list(options))
+
+    # ----- inspection --------------------------------------------------------------------------------
+    @property
+    def flops(self) -> int:
+        if self.lags is not None:
+            return int(self.lags.cost.lag_flops)
+        return sum(plan.flops for plan in self.plans)
+
+    @property
+    def score(self) -> float:
+        if self.lags is not None:
+            return float(self.lags.cost.lag_time)
+        return self.scores[self.strategy]
+
+    def __str__(self) -> str:
+        scores = ", ".join(f"{name} {value:,.0f}" for name, value in self.scores.items())
+        lines = [f"GramPlan of {self.glued.glued}: runs {self.strategy} (scores: {scores})"]
+        for plan in self.plans:
+            lines.extend("  " + line for line in str(plan).splitlines())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<GramPlan {self.strategy} out={list(self.out_shape)} flops={self.flops:,}>"
+
+
+def _worth_staging(half: Expression | None) -> bool:
+    """A half that is more than a bare operand (something to contract once instead of twice)."""
+    return any(len(t.nodes) > 1 or bool(t.summed_legs) or t.coefficient != 1 for t in terms_of(half)) if half is not None else False
+
+
+def _sizes(expr: Expression) -> dict[str, sympy.Expr]:
+    sizes: dict[str, sympy.Expr] = {}
+    for term in terms_of(expr):
+        sizes.update(term.sizes)
+    return sizes
+
+
+def number(expr: sympy.Expr, bindings: Bindings) -> sympy.Expr:
+    """``expr`` with its sizes bound: an exact number."""
+    known = {k: sympy.Integer(v) for k, v in bindings.items() if not k.is_Symbol}
+    value = expr.xreplace(known).xreplace({k: sympy.Integer(v) for k, v in bindings.symbols().items()})
+    assert value.is_number, f"{expr} is not a number with sizes {bindings}"
+    return value
+
+
+def _bound(expr: Expression, glued: Glued, bindings: Bindings, sizes: Mapping[str, int]) -> Expression:
+    """``expr`` with every coefficient a number: the scale from the bound leg sizes (it may count positions the
+    evaluated half no longer has), the rest from the size symbols."""
+    scale_expr = glued.scale.expr(_sizes(glued.source))
+    scale_value = glued.scale.value(sizes)
+    terms = [t.replace(coefficient=number(t.coefficient / scale_expr, bindings) * scale_value) for t in terms_of(expr)]
+    if isinstance(expr, Diagram):
+        return terms[0]
+    result = make_sum(terms)
+    assert isinstance(result, (Diagram, DiagramSum))
+    return result
+
+
+def get_gram_plan(
+    glued: Glued,
+    shapes: Mapping[str, tuple[int, ...]],
+    like: Any,
+    optimize: Any = "auto",
+    check: Check = None,
+    *,
+    strategy: Strategy = "auto",
+    lags: bool | None = False,
+    memory_limit: int | None = None,
+) -> GramPlan:
+    """The ``GramPlan`` of ``glued`` for these shapes on ``like``'s backend, device and dtype (cached with the plans)."""
+    key = plan_key(glued, shapes, like, optimize, strategy, lags, memory_limit)
+    build = lambda: GramPlan(glued, shapes, like, optimize, check, strategy=strategy, lags=lags, memory_limit=memory_limit)  # noqa: E731
+    return cached_plan(key, build)
+
+
+__all__ = ["STRATEGIES", "GramPlan", "Strategy", "get_gram_plan", "number"]
