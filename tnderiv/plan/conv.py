@@ -111,7 +111,7 @@ def _match(
     return ConvMatch(role, x, w, ordered, *(tuple(classes[c]) for c in ("batch", "group", "cin", "cout")))
 
 
-def _index_map(params: PatternParams, positions: np.ndarray, size: int) -> np.ndarray:
+def index_map(params: PatternParams, positions: np.ndarray, size: int) -> np.ndarray:
     """Input index read at padded ``positions − P_left`` under the padding mode; ``size`` where nothing is read."""
     idx = positions - params.pad_left
     if params.mode is PaddingMode.REFLECT:
@@ -217,7 +217,7 @@ class ConvKernel(Kernel):
                 self.pad_pairs.append((p.pad_left, needed - p.pad_left - d.inp))
             else:
                 self.padding.append(0)
-                index = _index_map(p, np.arange(needed), d.inp)
+                index = index_map(p, np.arange(needed), d.inp)
                 self.explicit.append((bool((index == d.inp).any()), torch.as_tensor(index, device=device)))
                 self.pad_pairs.append((0, 0))
         self.needs_pad = any(pair != (0, 0) for pair in self.pad_pairs)
@@ -263,7 +263,7 @@ class ConvKernel(Kernel):
             else:
                 self.padding.append(0)
                 self.output_padding.append(0)
-                index = _index_map(p, np.arange(full), d.inp)
+                index = index_map(p, np.arange(full), d.inp)
                 valid = index < d.inp
                 self.post.append(("fold", (torch.as_tensor(np.nonzero(valid)[0], device=device), torch.as_tensor(index[valid], device=device), d.inp)))
         self.post_free = all(entry is None for entry in self.post)

@@ -11,6 +11,7 @@ import opt_einsum as oe
 from opt_einsum.paths import _PATH_OPTIONS, PathOptimizer
 
 from tnderiv.ir import NodeKind
+from tnderiv.plan import gathers
 from tnderiv.plan.conv import match_conv
 from tnderiv.plan.cost import StepCost, total_time
 from tnderiv.plan.kernels import StepInput
@@ -200,6 +201,8 @@ def candidate_paths(
     structural = [("constants first", lambda cur: _constant_pair(cur))]
     if backend == "torch":
         structural.insert(0, ("convolution", lambda cur: _conv_groups(cur, out_legs, sizes)))
+        if gathers.FUSED_GATHERS:
+            structural.append(("fused gathers", lambda cur: gathers.fused_gather_group(cur, out_legs, sizes)))
         structural.append(("gathers first", lambda cur: _gather_pair(cur)))
     for name, pick in structural:
         prefix, rest = _with_prefix(inputs, out_legs, sizes, pick)

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tnderiv.ir import Diagram, Node, NodeKind
+from tnderiv.plan import gathers
 from tnderiv.plan.constants import device_cached
 from tnderiv.plan.conv import ConvKernel, conv_cost, match_conv
 from tnderiv.plan.cost import StepCost
+from tnderiv.plan.gathers import GatherKernel, gather_cost, match_gather
 from tnderiv.plan.kernels import (
     EinsumKernel,
     Kernel,
@@ -110,6 +112,9 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
         match = match_conv(inputs, out, sizes)
         if match is not None:
             return conv_cost(match, inputs, sizes, dense, size)
+        gather = match_gather(inputs, out, sizes) if gathers.FUSED_GATHERS else None
+        if gather is not None:
+            return gather_cost(gather, inputs, out_legs, sizes)
         sparse = _sparse_pair(inputs)
         if sparse is not None:
             data, const = sparse
@@ -158,6 +163,9 @@ def build_kernel(inputs: Sequence[StepInput], out_legs: Sequence[str], final: bo
         match = match_conv(inputs, out, sizes)
         if match is not None:
             return ConvKernel(match, inputs, sizes, like)
+        gather = match_gather(inputs, out, sizes) if gathers.FUSED_GATHERS else None
+        if gather is not None:
+            return GatherKernel(gather, inputs, out_legs, final, sizes, like)
         sparse = _sparse_pair(inputs)
         if sparse is not None:
             return SparseKernel(sparse[0], sparse[1], out, sizes, like, data_index=next(j for j, t in enumerate(inputs) if t is sparse[0]))
