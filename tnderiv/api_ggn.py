@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from tnderiv.api import _module_params, _network, check_tensors, run_quantity
 from tnderiv.calculus import derive
 from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quantities)
+from tnderiv.calculus.gram import Glued, glued_statistic
 from tnderiv.calculus.losses import check_loss_inputs, compute_sqrt, sqrt_bytes
-from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, get_statistic, materialized_half
+from tnderiv.calculus.stats import STATISTICS, get_statistic
 from tnderiv.ir import Expression
 from tnderiv.plan.cache import register_cache
-from tnderiv.plan.compiled import Plan, get_plan
+from tnderiv.plan.compiled import Plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
+from tnderiv.plan.gram import GramPlan, get_gram_plan
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 GGN_KINDS = ("block", "diag", "gram")
@@ -199,43 +200,44 @@ def grad_stats(
     choices: dict[str, dict[str, StatChoice]] = {s: {} for s in names}
     if has_empty(shapes):
         return _empty_stats(network, names, chosen, given, like)
+    forced = None if strategy == "auto" else strategy
     for param in chosen:
-        psg_expr = derive(network, f"per_sample_grad_{param}")
-        inputs = _inputs(network, psg_expr, given)
-        psg_plan = get_plan(psg_expr, _shapes(psg_expr, inputs), like, optimize, network.check_sizes, memory_limit=memory_limit)
-        glued: dict[str, Plan] = {}
-        mat: dict[str, Plan] = {}
-        for stat in names:
-            if strategy != "materialize":
-                expr = derive(network, f"{stat}_{param}")
-                glued[stat] = get_plan(expr, _shapes(expr, inputs), like, optimize, network.check_sizes, memory_limit=memory_limit)
-            if strategy != "glued":
-                expr = _on_materialized(psg_expr, stat)
-                mat[stat] = get_plan(expr, {PER_SAMPLE_GRAD: psg_plan.out_shape}, like, optimize, memory_limit=memory_limit)
-        use = _choose(names, strategy, plan_cost(psg_plan), glued, mat)
+        forms = {stat: glued_statistic(network, stat, param) for stat in names}
+        inputs = _inputs(network, [e for form in forms.values() for e in (form.glued, form.source)], given)
+        planned = {stat: _gram_plan(form, inputs, like, optimize, network, forced or "auto", memory_limit) for stat, form in forms.items()}
+        use = _choose(names, forced, planned)
+        plans = {
+            stat: plan if plan.strategy == use[stat] else _gram_plan(forms[stat], inputs, like, optimize, network, use[stat], memory_limit)  # type: ignore[arg-type]
+            for stat, plan in planned.items()
+        }
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
-            (mat[stat] if use[stat] == "materialize" else glued[stat]).check_memory(f"{stat} of {param}")
-        if "materialize" in use.values():
-            psg_plan.check_memory(f"the per-sample gradients of {param} (for grad_stats)")
-        psg = psg_plan(inputs) if "materialize" in use.values() else None
+            plans[stat].check_memory(f"{stat} of {param}")
+        half = None
         for stat in names:
-            if use[stat] == "materialize":
-                values[stat][param] = mat[stat]({PER_SAMPLE_GRAD: psg})
-                ran: tuple[Plan, ...] = (psg_plan, mat[stat])
+            plan = plans[stat]
+            if plan.strategy == "materialize":
+                if half is None:  # the per-sample gradients once, shared by every statistic that materializes them
+                    half = plan.half.execute(inputs)  # type: ignore[union-attr]
+                values[stat][param] = plan.run_gram(half)
             else:
-                values[stat][param] = glued[stat](inputs)
-                ran = (glued[stat],)
+                values[stat][param] = plan.run(inputs)[0]
+            scores, flops = planned[stat].scores | plan.scores, planned[stat].flops_of | plan.flops_of
             choices[stat][param] = StatChoice(
                 stat,
                 param,
-                use[stat],
-                plan_cost(glued[stat]) if stat in glued else None,
-                plan_cost(psg_plan) + plan_cost(mat[stat]) if stat in mat else None,
-                glued[stat].flops if stat in glued else None,
-                psg_plan.flops + mat[stat].flops if stat in mat else None,
-                ran,
+                plan.strategy,
+                scores.get("glued"),
+                scores.get("materialize"),
+                flops.get("glued"),
+                flops.get("materialize"),
+                plan.plans,
             )
     return GradStats(values, choices)
+
+
+def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, optimize: Any, network: Any, strategy: str, memory_limit: int | None) -> GramPlan:
+    shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+    return get_gram_plan(form, shapes, like, optimize, network.check_sizes, strategy=strategy, memory_limit=memory_limit)  # type: ignore[arg-type]
 
 
 def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], given: dict[str, Any], like: Any) -> GradStats:
@@ -245,21 +247,23 @@ def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], 
     for param in chosen:
         for stat in names:
             expr = derive(network, f"{stat}_{param}")
-            shape, fill = empty_value(expr, _shapes(expr, _inputs(network, expr, given)), network.check_sizes)
+            shape, fill = empty_value(expr, _shapes(expr, _inputs(network, [expr], given)), network.check_sizes)
             values[stat][param] = filled(like, shape, fill)
             choices[stat][param] = StatChoice(stat, param, "empty", None, None, None, None, ())
     return GradStats(values, choices)
 
 
-def _choose(
-    names: tuple[str, ...], strategy: str, psg_cost: float, glued: Mapping[str, Plan], mat: Mapping[str, Plan]
-) -> dict[str, str]:
-    """Per statistic, glued or materialize: the per-sample gradients are computed at most once and shared."""
-    if strategy != "auto":
-        return dict.fromkeys(names, strategy)
-    g = {s: plan_cost(glued[s]) for s in names}
-    m = {s: plan_cost(mat[s]) for s in names}
-    if sum(g.values()) <= psg_cost + sum(min(g[s], m[s]) for s in names):
+def _choose(names: tuple[str, ...], forced: str | None, plans: Mapping[str, GramPlan]) -> dict[str, str]:
+    """Per statistic, glued or materialize; the per-sample gradients are computed at most once and shared by
+    every statistic that materializes them, so the choice is joint (each plan alone would count them again)."""
+    if forced is not None:
+        return dict.fromkeys(names, forced)
+    if any("glued" not in plans[s].scores or "materialize" not in plans[s].scores for s in names):
+        return {s: plans[s].strategy for s in names}
+    g = {s: plans[s].scores["glued"] for s in names}
+    m = {s: plans[s].scores["materialize"] - plans[s].scores["half"] for s in names}
+    half = plans[names[0]].scores["half"]
+    if sum(g.values()) <= half + sum(min(g[s], m[s]) for s in names):
         return dict.fromkeys(names, "glued")
     return {s: "glued" if g[s] < m[s] else "materialize" for s in names}
 
@@ -269,22 +273,12 @@ def plan_cost(plan: Plan) -> float:
     return float(plan.score)
 
 
-@lru_cache(maxsize=256)
-def _on_materialized(psg_expr: Expression, stat: str) -> Expression:
-    """The statistic's diagram on the materialized per-sample gradients (one operand, glued to itself)."""
-    from tnderiv.simplify import simplify
-
-    result = simplify(STATISTICS[stat].build(materialized_half(psg_expr)))
-    assert not isinstance(result, tuple)
-    return result  # type: ignore[return-value]
+register_cache("statistics", "statistics of per-sample gradients as glued quantities (glued and materialized forms)", lambda: glued_statistic)
 
 
-register_cache("statistics", "diagrams of statistics on materialized per-sample gradients", lambda: _on_materialized)
-
-
-def _inputs(network: Any, expr: Expression, given: dict[str, Any]) -> dict[str, Any]:
-    """The tensors ``expr`` needs (derived operands prepared), raising naming missing ones."""
-    needed = expr.operand_names
+def _inputs(network: Any, exprs: Iterable[Expression], given: dict[str, Any]) -> dict[str, Any]:
+    """The tensors ``exprs`` need (derived operands prepared), raising naming missing ones."""
+    needed = list(dict.fromkeys(name for expr in exprs for name in expr.operand_names))
     if network.prepare is not None and any(name in network.derived for name in needed):
         given = {**given, **network.prepare(given)}
     missing = [name for name in needed if name not in given]

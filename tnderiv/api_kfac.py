@@ -161,7 +161,7 @@ def _build_input_side(
         x,
         optimize,
         network.check_sizes,
-        strategy="staged" if staged else "auto",
+        strategy="materialize" if staged else "auto",
         lags=LAG_STRATEGY if approx is Approx.EXPAND and not staged else False,
     )
     cross, corner = None, None
@@ -169,7 +169,7 @@ def _build_input_side(
         _, cross_factor, own = bias_input_factors(network, approx)
         corner = float(_constant(own.glued, plan.bindings))  # type: ignore[arg-type]
         if append:
-            cross = get_gram_plan(cross_factor, plan.shapes, x, optimize, network.check_sizes, strategy="staged")
+            cross = get_gram_plan(cross_factor, plan.shapes, x, optimize, network.check_sizes, strategy="materialize")
     options = (EXPAND_TO_REDUCE, SMALLER_BATCH, SET_BUDGET) if approx is Approx.EXPAND else (SMALLER_BATCH, SET_BUDGET)
     return _Side(split, plan, split.input_legs, split.input_half.open_legs, "the KFAC input factor A", options, prepare, cross, corner)
 
@@ -183,7 +183,7 @@ def _output_side(
     def build() -> _Side:
         split, factor = output_factor(network, approx, loss_average, sqrt, param)
         plan = get_gram_plan(
-            factor, _shapes(factor.source.operand_names, tensors), grad_out, optimize, network.check_sizes, strategy="staged" if keep_half else "auto"
+            factor, _shapes(factor.source.operand_names, tensors), grad_out, optimize, network.check_sizes, strategy="materialize" if keep_half else "auto"
         )
         options = (EXPAND_TO_REDUCE, SMALLER_BATCH, SET_BUDGET) if approx is Approx.EXPAND else (SMALLER_BATCH, SET_BUDGET)
         return _Side(split, plan, split.output_legs, split.output_half.open_legs, f"the KFAC output factor G ({param})", options)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import sympy
 
-from tnderiv.ir import Expression
+from tnderiv.calculus.quantities import derive
+from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, materialized_half
+from tnderiv.ir import Expression, terms_of
+from tnderiv.layers.base import LayerNetwork
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class Glued:
     coefficient: a pass over the half instead of over the result), or a constant half (a bias's
     ones). ``source``: the expression whose operands bind every size (the uncollapsed half).
     ``scale``: the normalization by leg sizes, already in the coefficients (it may count legs the
-    evaluated half no longer has, e.g. positions summed inside the half).
+    evaluated half no longer has, e.g. positions summed inside the half). ``staged_first``: the two-stage
+    form is never costlier than the glued network (true of KFAC factors: contracting the glued network
+    evaluates each copy of the half, then the same Gram), so the planner need not price the flat form.
     """
 
     glued: Expression
@@ -53,6 +59,7 @@ class Glued:
     half_axes: tuple[tuple[str, ...], ...] = ()
     copy_name: str = ""
     scale: Scale = Scale()
+    staged_first: bool = False
 
     @property
     def half_legs(self) -> tuple[str, ...]:
@@ -64,4 +71,17 @@ class Glued:
         return self.half is not None and self.gram is not None
 
 
-__all__ = ["Glued", "Scale"]
+@lru_cache(maxsize=256)
+def glued_statistic(network: LayerNetwork, stat: str, param: str) -> Glued:
+    """Statistic ``stat`` of ``param``'s per-sample gradients as a glued quantity: the glued network (as
+    ``derive`` gives it), or the per-sample gradients ``[N, *param]`` then the statistic on them."""
+    from tnderiv.simplify import simplify
+
+    half = derive(network, f"per_sample_grad_{param}")
+    gram = simplify(STATISTICS[stat].build(materialized_half(half)))
+    assert not isinstance(gram, tuple)
+    glued = derive(network, f"{stat}_{param}")
+    return Glued(glued, half, half, gram, PER_SAMPLE_GRAD, terms_of(half)[0].open_axis_groups)
+
+
+__all__ = ["Glued", "Scale", "glued_statistic"]

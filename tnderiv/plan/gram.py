@@ -2,9 +2,9 @@
 
 Three ways to run it, chosen by the cost model per layer and sizes (``strategy="auto"``) or forced:
 
-- ``"flat"``: the glued network contracted at once (nothing per-sample is stored);
-- ``"staged"``: the half once, then its Gram on the evaluated half — a batched GEMM (for statistics
-  this is "materialize the per-sample gradients, then reduce");
+- ``"glued"``: the glued network contracted at once (nothing per-sample is stored);
+- ``"materialize"``: the half once, then its Gram on the evaluated half — a batched GEMM (for statistics:
+  the per-sample gradients, then the statistic on them);
 - ``"lags"``: KFAC-expand's input factor by per-lag channel correlations (``plan.lags``), where
   exact and cheaper than the unfolded Gram.
 
@@ -30,16 +30,16 @@ from tnderiv.plan.lags import LagProgram, cached_lag_program
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 from tnderiv.simplify.lags import glued_lags
 
-Strategy = Literal["auto", "flat", "staged"]
-STRATEGIES: tuple[str, ...] = ("auto", "flat", "staged")
+Strategy = Literal["auto", "glued", "materialize"]
+STRATEGIES: tuple[str, ...] = ("auto", "glued", "materialize")
 Check = Callable[[Mapping[sympy.Symbol, int]], None] | None
 
 
 class GramPlan:
     """``glued`` planned for operand ``shapes`` on ``like``'s backend, device and dtype.
 
-    ``strategy`` is what runs (``"flat"``, ``"staged"`` or ``"lags"``); ``scores`` the cost model's score of each
-    way that was planned; ``plans`` the compiled plans that run (staged: the half's, then the Gram's);
+    ``strategy`` is what runs (``"glued"``, ``"materialize"`` or ``"lags"``); ``scores`` / ``flops_of`` the cost
+    model's score and the FLOPs of each way that was planned (and of the half alone); ``plans`` the compiled plans that run (materialize: the half's, then the Gram's);
     ``sizes`` the bound leg sizes of ``glued.source``. ``run(operands)`` → ``(value, evaluated half or None)``.
     """
 
@@ -57,40 +57,41 @@ class GramPlan:
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r}: expected one of {list(STRATEGIES)}")
-        if strategy == "staged" and not glued.staged:
-            raise ValueError("strategy='staged' needs the two-stage form (half and Gram) of this quantity, which it does not have")
+        if strategy == "materialize" and not glued.staged:
+            raise ValueError("strategy='materialize' needs the two-stage form (half and Gram) of this quantity, which it does not have")
         self.glued = glued
         self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
         source_shapes = {name: self.shapes[name] for name in glued.source.operand_names}
         self.bindings: Bindings = bind_sizes(glued.source, source_shapes, check)
         self.sizes = {leg: self.bindings.value(size) for leg, size in _sizes(glued.source).items()}
         self._like = _empty_like(like)  # never keep a user tensor alive
-        self.scores: dict[str, float] = {}
-        self.flat: Plan | None = None
+        self.scores: dict[str, float] = {}  # "glued", "materialize" (half + Gram), and "half" alone
+        self.flops_of: dict[str, int] = {}
+        self.glued_plan: Plan | None = None  # the glued network at once
         self.half: Plan | None = None
         self.gram: Plan | None = None
         self.copy_scale = 1.0
         self.lags: LagProgram | None = None
-        if strategy != "flat" and glued.staged and (strategy == "staged" or _worth_staging(glued.half)):
-            self._plan_staged(optimize, check, memory_limit)
-        if strategy != "staged":
-            self._plan_flat(optimize, check, memory_limit)
+        if strategy != "glued" and glued.staged and (strategy == "materialize" or _worth_staging(glued.half)):
+            self._plan_materialized(optimize, check, memory_limit)
+        if strategy == "glued" or self.half is None or strategy == "auto" and not glued.staged_first:
+            self._plan_glued(optimize, check, memory_limit)
         self.strategy = self._choose(strategy)
         if strategy == "auto" and lags is not False and glued_lags(glued.glued) is not None:
             scale = float(_bound(glued.glued, glued, self.bindings, self.sizes).coefficient)  # type: ignore[union-attr]
             self.lags = cached_lag_program(glued.glued, self.sizes, scale, lags)
             if self.lags is not None:
                 self.strategy = "lags"
-        self.out_shape = (self.flat or self.gram).out_shape  # type: ignore[union-attr]
-        if self.strategy != "flat":
-            self.flat = None  # keep only the plans that run alive
-        if self.strategy != "staged":
+        self.out_shape = (self.glued_plan or self.gram).out_shape  # type: ignore[union-attr]
+        if self.strategy != "glued":
+            self.glued_plan = None  # keep only the plans that run alive
+        if self.strategy != "materialize":
             self.half = self.gram = None
-        self.plans: tuple[Plan, ...] = tuple(p for p in (self.flat, self.half, self.gram) if p is not None)
+        self.plans: tuple[Plan, ...] = tuple(p for p in (self.glued_plan, self.half, self.gram) if p is not None)
         self.operand_names = (self.lags.name,) if self.lags is not None else tuple(self.plans[0].operand_names)
 
     # ----- planning ----------------------------------------------------------------------------------
-    def _plan_staged(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+    def _plan_materialized(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
         glued = self.glued
         assert glued.half is not None and glued.gram is not None
         self.half = get_plan(glued.half, self._shapes_of(glued.half), self._like, optimize, check, memory_limit=memory_limit)
@@ -105,21 +106,25 @@ class GramPlan:
             shapes[glued.copy_name] = shape
         self.gram = get_plan(gram, shapes, self._like, optimize, memory_limit=memory_limit)
         copy = MOVE_COST * 2 * math.prod(shape) if glued.copy_name else 0.0
-        self.scores["staged"] = self.half.score + self.gram.score + copy
+        self.scores["half"] = self.half.score
+        self.scores["materialize"] = self.half.score + self.gram.score + copy
+        self.flops_of["half"] = self.half.flops
+        self.flops_of["materialize"] = self.half.flops + self.gram.flops
 
-    def _plan_flat(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+    def _plan_glued(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
         expr = _bound(self.glued.glued, self.glued, self.bindings, self.sizes)
-        self.flat = get_plan(expr, self._shapes_of(expr), self._like, optimize, check, memory_limit=memory_limit)
-        self.scores["flat"] = self.flat.score
+        self.glued_plan = get_plan(expr, self._shapes_of(expr), self._like, optimize, check, memory_limit=memory_limit)
+        self.scores["glued"] = self.glued_plan.score
+        self.flops_of["glued"] = self.glued_plan.flops
 
     def _choose(self, strategy: Strategy) -> str:
         if strategy != "auto":
             return strategy
-        if "flat" not in self.scores:
-            return "staged"
-        if "staged" not in self.scores:
-            return "flat"
-        return "staged" if self.scores["staged"] < self.scores["flat"] else "flat"
+        if "glued" not in self.scores:
+            return "materialize"
+        if "materialize" not in self.scores:
+            return "glued"
+        return "materialize" if self.scores["materialize"] < self.scores["glued"] else "glued"
 
     def _shapes_of(self, expr: Expression) -> dict[str, tuple[int, ...]]:
         missing = [name for name in expr.operand_names if name not in self.shapes]
@@ -132,8 +137,8 @@ class GramPlan:
         """``(value, evaluated half or None)``, without checks (operands by name, user layout)."""
         if self.lags is not None:
             return self.lags(operands[self.lags.name]), None
-        if self.flat is not None and self.strategy == "flat":
-            return self.flat.execute(operands), None
+        if self.glued_plan is not None and self.strategy == "glued":
+            return self.glued_plan.execute(operands), None
         assert self.half is not None
         half = self.half.execute(operands)
         return self.run_gram(half), half
@@ -156,8 +161,8 @@ class GramPlan:
 
     @property
     def needed_bytes(self) -> int:
-        """Bytes a run allocates at its peak (staged: the half, its copy and the Gram's result and intermediates)."""
-        if self.strategy != "staged":
+        """Bytes a run allocates at its peak (materialize: the half, its copy and the Gram's result and intermediates)."""
+        if self.strategy != "materialize":
             return self.plans[0].needed_bytes if self.plans else 0
         assert self.half is not None and self.gram is not None
         return 2 * self.half.needed_bytes + self.gram.needed_bytes
@@ -167,10 +172,10 @@ class GramPlan:
         needed = self.needed_bytes
         if not needs_check(needed):
             return
-        if self.strategy == "flat" and self.flat is not None:
-            self.flat.check_memory(quantity)
+        if self.strategy == "glued" and self.glued_plan is not None:
+            self.glued_plan.check_memory(quantity)
             return
-        half = f"the evaluated half {list(self.half.out_shape)} and its copy, " if self.half is not None and self.strategy == "staged" else ""
+        half = f"the evaluated half {list(self.half.out_shape)} and its copy, " if self.half is not None and self.strategy == "materialize" else ""
         check_fits(quantity, needed, self._like.device, f"{half}the result {list(self.out_shape)}", list(options))
 
     # ----- inspection --------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ class GramPlan:
         return self.scores[self.strategy]
 
     def __str__(self) -> str:
-        scores = ", ".join(f"{name} {value:,.0f}" for name, value in self.scores.items())
+        scores = ", ".join(f"{name} {value:,.0f}" for name, value in self.scores.items() if name != "half")
         lines = [f"GramPlan of {self.glued.glued}: runs {self.strategy} (scores: {scores})"]
         for plan in self.plans:
             lines.extend("  " + line for line in str(plan).splitlines())
