@@ -262,7 +262,7 @@ def _factor(h1: Diagram, h2: Diagram, source: Diagram, split: KFACSplit, scale: 
     else:
         other = h2
     gram = _structural(_gram(evaluated, other, split, factor))
-    return Factor(glued, source, half, gram, half_name=half_name, half_axes=axes, copy_name=copy_name, scale=scale, whole=whole)
+    return Factor(glued, source, half, gram, half_name, axes, copy_name, scale, staged_first=True, whole=whole)
 
 
 def _derived(diagram: Diagram) -> Diagram:
