@@ -69,3 +69,17 @@ def test_sum_plans_report_each_term_and_plan_time_rewrites() -> None:
     assert "term 1:" in text and "term 2:" in text and "broadcast over" in text
     assert p.term_plans[0].plan_rewrites and "dense pattern" in p.term_plans[0].plan_rewrites
     assert repr(p).startswith("<Plan ")
+
+
+@pytest.mark.parametrize("quantity", ["forward", "vjp_weight", "per_sample_grad_weight", "sum_grad_squared_weight", "kfac_input_expand", "kfac_input_reduce"])
+def test_every_step_kind_is_a_listed_kernel_kind(quantity: str) -> None:
+    from typing import get_args
+
+    from tnderiv.plan.cost import KINDS, KernelKind
+
+    assert KINDS == get_args(KernelKind)
+    spec = tnderiv.Conv(4, 6, 3, stride=2, padding=1, groups=2)
+    shapes = {"x": (2, 4, 9, 9), "grad_out": (2, 6, 5, 5), "weight": (6, 2, 3, 3), "tangent": (2, 4, 9, 9)}
+    used = tnderiv.diagram(spec, quantity).operand_names
+    p = tnderiv.plan(spec, {k: v for k, v in shapes.items() if k in used}, quantity=quantity, dtype=DT)
+    assert {s.kind for s in p.steps()} <= set(KINDS)

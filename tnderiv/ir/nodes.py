@@ -154,7 +154,17 @@ class Node:
 
     def with_legs(self, legs: tuple[str, ...]) -> Node:
         """The same node on other legs."""
-        return Node(self.kind, legs, self.name, self.pattern, self.value, self.groups, self.view, self.network)
+        # by keyword, but not dataclasses.replace: renaming is on the cold path, and replace costs 1.5x
+        return Node(
+            self.kind,
+            legs,
+            name=self.name,
+            pattern=self.pattern,
+            value=self.value,
+            groups=self.groups,
+            view=self.view,
+            network=self.network,
+        )
 
     def axis_sizes(self, sizes: Any) -> tuple[Any, ...]:
         """Sizes of the user's axes from leg sizes (a mapping leg → size): products, or the view's size."""

@@ -10,6 +10,7 @@ folded when the plan is built), and dense steps their GEMM FLOPs plus the elemen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 # One element moved costs about as much time as this many FLOPs in a BLAS kernel (memory-bound vs.
 # compute-bound on CPUs and GPUs alike, within a factor of a few).
@@ -28,7 +29,7 @@ GROUPED_WEIGHT_POSITIONS = 64
 GROUPED_WEIGHT_POSITIONS_WIDE = 400
 WIDE_GROUP = 128 * 128
 
-KINDS = (
+KernelKind = Literal[
     "GEMM",
     "batched GEMM",
     "elementwise",
@@ -43,14 +44,15 @@ KINDS = (
     "conv_transpose",
     "conv_weight",
     "folded",
-)
+]  # what runs a step (the report and the cost model name kernels by it)
+KINDS: tuple[KernelKind, ...] = get_args(KernelKind)
 
 
 @dataclass(frozen=True)
 class StepCost:
     """Cost of one step: ``flops_dense`` (every tensor dense), ``flops`` (useful arithmetic), ``moved`` elements, ``size`` of the output."""
 
-    kind: str
+    kind: KernelKind
     flops_dense: int
     flops: int
     moved: int

@@ -10,6 +10,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from tnderiv.plan.cost import KernelKind
 from tnderiv.plan.protocol import CompiledPlan
 
 
@@ -26,7 +27,7 @@ class PlanStep:
 
     inputs: tuple[str, ...]
     equation: str
-    kind: str
+    kind: KernelKind
     flops_dense: int
     flops: int
     moved: int

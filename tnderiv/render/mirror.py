@@ -8,6 +8,7 @@ it). ``Variant`` names one of the arrangements the layout tries; it keeps the on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tnderiv.ir import Diagram, Node
 from tnderiv.render.geometry import Point
@@ -20,7 +21,7 @@ class Variant:
     """One arrangement: the mirror axis, whether the copy is flipped (inputs face the axis), reversed stacks,
     and whether hyperedge dots keep their spokes off the other legs (at times a detour costs more)."""
 
-    axis: str = "y"
+    axis: Literal["x", "y"] = "y"
     flip: bool = False
     reversed_columns: frozenset[int] = frozenset()
     dots_avoid_edges: bool = True
@@ -60,7 +61,7 @@ def _primes(node: Node) -> int:
 
 
 def mirror_centers(
-    state: LayoutState, pairs: list[tuple[int, int]], centers: dict[int, Point], shapes: dict[int, Shape], axis: str
+    state: LayoutState, pairs: list[tuple[int, int]], centers: dict[int, Point], shapes: dict[int, Shape], axis: Literal["x", "y"]
 ) -> None:
     """Move the copy (the first of each pair) off the axis and put its mirror image across it."""
     state.axis = axis
