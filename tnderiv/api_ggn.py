@@ -9,7 +9,7 @@ from typing import Any
 from tnderiv.api import _module_params, _network, check_tensors, run_quantity
 from tnderiv.calculus import derive
 from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quantities)
-from tnderiv.calculus.gram import Glued, glued_statistic
+from tnderiv.calculus.gram import Glued, glued_ggn_diag, glued_statistic
 from tnderiv.calculus.losses import check_loss_inputs, compute_sqrt, sqrt_bytes
 from tnderiv.calculus.stats import STATISTICS, get_statistic
 from tnderiv.ir import Expression
@@ -55,7 +55,21 @@ def ggn(
     network = _network(layer, {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
     _check_param(param, network.params)
     quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
+    if kind == "diag" and simplify:
+        given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
+        like = check_tensors(given)
+        if like is not None and not has_empty({k: tuple(v.shape) for k, v in given.items()}):
+            return _ggn_diag(network, given, like, param, per_sample, optimize, memory_limit)
     return run_quantity(layer, quantity, tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
+
+
+def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sample: bool, optimize: Any, memory_limit: int | None) -> Any:
+    """The GGN diagonal as a glued quantity: the glued network or the columns then ``Σ V²``, as the planner scores them."""
+    form = glued_ggn_diag(network, param, per_sample)
+    inputs = _inputs(network, [form.glued, form.source], given)
+    plan = _gram_plan(form, inputs, like, optimize, network, "auto", memory_limit)
+    plan.check_memory(f"the GGN diagonal of {param}")
+    return plan.run(inputs)[0]
 
 
 def loss_hessian_sqrt(

@@ -108,7 +108,11 @@ def ggn_block(network: LayerNetwork, param: str, *, per_sample: bool = False) ->
 
 def ggn_diag(network: LayerNetwork, param: str, *, per_sample: bool = False) -> Expression:
     """``[*param]`` (``[N, *param]`` per sample): ``Σ_{m(,n)} V²``."""
-    v = sqrt_vjp(network, param, per_sample=per_sample)
+    return diag_of(sqrt_vjp(network, param, per_sample=per_sample), per_sample)
+
+
+def diag_of(v: Expression, per_sample: bool = False) -> Expression:
+    """``Σ_{m(,n)} V²`` of columns ``V[m, n, *p]`` (a diagram of them, or one operand holding them)."""
     m, n, p_legs = _legs(v)
     glued = glue(v, v, shared=(m, n, *p_legs))
     summed = sum_legs(glued, (m,) if per_sample else (m, n))
@@ -161,4 +165,4 @@ def _groups(groups: tuple[int, ...]) -> tuple[int, ...] | None:
     return None if all(g == 1 for g in groups) else groups
 
 
-__all__ = ["SQRT_OUT", "ggn_block", "ggn_diag", "ggn_gram", "sqrt_vjp", "stack_operand"]
+__all__ = ["SQRT_OUT", "diag_of", "ggn_block", "ggn_diag", "ggn_gram", "sqrt_vjp", "stack_operand"]

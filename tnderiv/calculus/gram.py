@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import sympy
 
+from tnderiv.calculus.ggn import diag_of, sqrt_vjp
 from tnderiv.calculus.quantities import derive
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, materialized_half
 from tnderiv.ir import Expression, terms_of
@@ -84,4 +85,20 @@ def glued_statistic(network: LayerNetwork, stat: str, param: str) -> Glued:
     return Glued(glued, half, half, gram, PER_SAMPLE_GRAD, terms_of(half)[0].open_axis_groups)
 
 
-__all__ = ["Glued", "Scale", "glued_statistic"]
+COLUMNS = "columns"  # the evaluated columns V[m, n, *param] of a GGN quantity
+
+
+@lru_cache(maxsize=256)
+def glued_ggn_diag(network: LayerNetwork, param: str, per_sample: bool = False) -> Glued:
+    """The GGN diagonal of ``param`` as a glued quantity: the glued network (as ``derive`` gives it), or the
+    columns ``V[m, n, *param]`` (each column of ``sqrt_out`` pulled back per sample), then ``Σ V²``."""
+    from tnderiv.simplify import simplify
+
+    columns = sqrt_vjp(network, param, per_sample=per_sample)
+    gram = simplify(diag_of(materialized_half(columns, COLUMNS), per_sample))
+    assert not isinstance(gram, tuple)
+    glued = derive(network, f"{'per_sample_' if per_sample else ''}ggn_diag_{param}")
+    return Glued(glued, columns, columns, gram, COLUMNS, terms_of(columns)[0].open_axis_groups)
+
+
+__all__ = ["COLUMNS", "Glued", "Scale", "glued_ggn_diag", "glued_statistic"]

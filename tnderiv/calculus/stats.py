@@ -76,10 +76,10 @@ def per_sample_half(network: LayerNetwork, param: str) -> Expression:
     return result  # type: ignore[return-value]
 
 
-def materialized_half(half: Expression) -> Diagram:
-    """One operand ``per_sample_grad`` with the half's open legs and layout (``[N, *param]``)."""
+def materialized_half(half: Expression, name: str = PER_SAMPLE_GRAD) -> Diagram:
+    """One operand ``name`` with the half's open legs and layout (``[N, *param]`` for per-sample gradients)."""
     term = terms_of(half)[0]
-    node = operand(PER_SAMPLE_GRAD, *term.open_axis_groups)
+    node = operand(name, *term.open_axis_groups)
     return Diagram((node,), term.open_legs, {leg: term.sizes[leg] for leg in term.open_legs}, open_groups=term.open_groups)
 
 

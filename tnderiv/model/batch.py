@@ -313,42 +313,9 @@ def _add_exact(a: ExactCurvature, b: ExactCurvature) -> ExactCurvature:
 
 
 def _ggn_derived(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str, q: str) -> torch.Tensor:
+    """The layer's own GGN quantity; a diagonal runs glued or as squared columns, as the planner scores them (plan.gram)."""
     kind = {"ggn_diag": "diag", "per_sample_ggn_diag": "diag", "ggn_block": "block", "ggn_gram": "gram"}[q]
-    per_sample = q == "per_sample_ggn_diag"
-    if kind == "diag" and _materialize_diag(owner, x, s, local, per_sample):
-        cols = _tiled_psg(owner, x, s, local)
-        return ggn_of(cols, "per_sample_diag" if per_sample else "diag")
-    return api_ggn.ggn(owner.module, x, s, param=local, kind=kind, per_sample=per_sample)
-
-
-# bytes: the most the columns of one parameter may take to be materialized. The planner's scores under-price
-# writing large per-sample columns: at 256 MiB ResNet-18's exact GGN diagonal took 3.0 s against 1.5 s glued,
-# at 64 MiB 1.38 s (3C3D: 1.21 s glued, 1.14 s at 64 MiB) — measured, one thread, batch 32
-MATERIALIZE_LIMIT = 64 << 20
-
-
-def _materialize_diag(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str, per_sample: bool) -> bool:
-    """Whether the GGN diagonal is cheaper as ``Σ (per-sample columns)²`` than as the glued network, by the
-    planner's own scores (as ``grad_stats`` chooses), within ``MATERIALIZE_LIMIT`` bytes of columns."""
-    m, n = s.shape[0], s.shape[1]
-    numel = owner.module.get_parameter(local).numel()
-    if m * n * (numel + x[0].numel()) * x.element_size() > MATERIALIZE_LIMIT:
-        return False
-    glued_q, psg_q = f"{'per_sample_' if per_sample else ''}ggn_diag_{local}", f"per_sample_grad_{local}"
-    glued_shapes = {"x": tuple(x.shape), "sqrt_out": tuple(s.shape)}
-    tiled_shapes = {"x": (m * n, *x.shape[1:]), "grad_out": (m * n, *s.shape[2:])}
-    try:
-        glued = _plan_of(owner, glued_q, glued_shapes, x)
-        psg = _plan_of(owner, psg_q, tiled_shapes, x)
-    except (ValueError, TypeError, KeyError):  # operands beyond x (normalization layers): keep the glued network
-        return False
-    return api_ggn.plan_cost(psg) + 2 * m * n * numel < api_ggn.plan_cost(glued)
-
-
-def _plan_of(owner: Owner, quantity: str, shapes: dict[str, tuple[int, ...]], like: torch.Tensor) -> Any:
-    """The cached plan of ``quantity`` for the operands its diagram reads (shapes by operand name)."""
-    needed = api.diagram(owner.module, quantity, shapes={"x": shapes["x"]}).operand_names
-    return api.plan(owner.module, {k: v for k, v in shapes.items() if k in needed}, quantity=quantity, dtype=like.dtype, device=like.device)
+    return api_ggn.ggn(owner.module, x, s, param=local, kind=kind, per_sample=q == "per_sample_ggn_diag")
 
 
 def _tiled_psg(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str) -> torch.Tensor:

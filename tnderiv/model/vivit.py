@@ -19,7 +19,6 @@ import torch
 
 import tnderiv.api as api
 from tnderiv.model.batch import (
-    MATERIALIZE_LIMIT,
     Options,
     _column_chunks,
     _layer_inputs,
@@ -29,6 +28,7 @@ from tnderiv.model.batch import (
 )
 from tnderiv.model.columns import Pass
 from tnderiv.model.units import Owner
+from tnderiv.plan.gram import MATERIALIZE_LIMIT
 
 
 @dataclass(frozen=True)
