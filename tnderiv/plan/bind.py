@@ -13,8 +13,12 @@ from collections.abc import Callable, Mapping
 import sympy
 
 from tnderiv.ir import AxisView, Diagram, Expression, Node, NodeKind, as_size, terms_of
+from tnderiv.plan.cache import register_cache
+from tnderiv.simplify.memo import SIMPLIFIED
 
 OUTPUT = "output"
+# simplify cannot import plan: its memo of simplified expressions is registered here, where plans start
+register_cache("rewrites", "simplified expressions by (exact expression, rules, trace)", lambda: SIMPLIFIED)
 
 
 class Bindings(dict):
@@ -113,10 +117,12 @@ def bind_sizes(
         _check_reachable(bindings, shapes)
     if check is not None:
         check(bindings.symbols())
+    symbols = bindings.symbols()
+    numbers = {k: sympy.Integer(v) for k, v in symbols.items()}
     for name, shape in shapes.items():
         for axes, sizes in groups[name]:
             for axis, (value, legs) in enumerate(zip(shape, axes)):
-                expected = math.prod(_strict_value(bindings, sizes[leg]) for leg in legs)
+                expected = math.prod(_strict_value(bindings, sizes[leg], numbers) for leg in legs)
                 if expected is not None and expected != int(value):
                     raise ValueError(f"{name} has shape {tuple(shape)}: axis {axis} ({' '.join(legs)}) is {value}, expected {expected}" + _why(legs, sizes, expected, bindings))
     for term in terms_of(expr):
@@ -154,18 +160,44 @@ def _solve_symbols(bindings: Bindings, least: int = 1) -> None:
                 continue
             symbol = next(iter(free))
             reduced = expr.xreplace({s: sympy.Integer(v) for s, v in known.items()})
-            solutions = [r for r in sympy.solve(sympy.Eq(reduced, value), symbol) if r.is_Integer and r >= least]
+            line = _linear(reduced, symbol)
+            if line is not None:  # a·s + b = value: its one root, without sympy.solve (the same solutions)
+                root = (sympy.Integer(value) - line[1]) / line[0]
+                roots = [root]
+            else:
+                roots = sympy.solve(sympy.Eq(reduced, value), symbol)
+            solutions = [r for r in roots if r.is_Integer and r >= least]
             if len(solutions) == 1:
                 bindings[symbol] = int(solutions[0])
                 changed = True
                 break
 
 
-def _strict_value(bindings: Bindings, size: sympy.Expr) -> int:
-    """The value of ``size`` from symbols alone where possible (so a shape cannot vouch for itself)."""
-    symbols = bindings.symbols()
-    if size.free_symbols <= set(symbols):
-        return int(size.xreplace({k: sympy.Integer(v) for k, v in symbols.items()}))
+def _linear(expr: sympy.Expr, symbol: sympy.Symbol) -> tuple[sympy.Expr, sympy.Expr] | None:
+    """``(a, b)`` with ``expr = a·symbol + b`` for rational numbers ``a ≠ 0`` and ``b``; ``None`` if ``expr`` is not such a line."""
+    a, b = sympy.Integer(0), sympy.Integer(0)
+    for term in sympy.Add.make_args(sympy.expand(expr)):
+        coefficient, rest = term.as_coeff_Mul()
+        if not coefficient.is_Rational:
+            return None
+        if rest == 1:
+            b += coefficient
+        elif rest == symbol:
+            a += coefficient
+        else:
+            return None
+    return (a, b) if a != 0 else None
+
+
+def _strict_value(bindings: Bindings, size: sympy.Expr, numbers: Mapping[sympy.Symbol, sympy.Integer]) -> int:
+    """The value of ``size`` from symbols alone where possible (so a shape cannot vouch for itself).
+
+    ``numbers``: the bound symbols as sympy integers (``bindings.symbols()``, converted once per binding).
+    """
+    if size.is_Integer:
+        return int(size)
+    if size.free_symbols <= numbers.keys():
+        return int(size.xreplace(numbers))
     return bindings.value(size)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, terms_of
 from tnderiv.ir.diagram import Drawable
 from tnderiv.simplify.check import checking, verify
+from tnderiv.simplify.memo import SIMPLIFIED, exact_key
 from tnderiv.simplify.rule import Rule, get_rule, ordered_rules
 
 MAX_STEPS = 10_000
@@ -52,6 +53,15 @@ def simplify(
     active = [get_rule(name) for name in rules] if rules is not None else ordered_rules(stage)
     if isinstance(expr, DiagramSum) and any(r.stage == "plan" for r in active):
         raise ValueError("plan-stage rules may rewrite a term's open legs; simplify the terms of a sum one at a time")
+    if checking():  # every rewrite is re-checked: nothing is taken from the memo
+        return _simplify(expr, active, trace)
+    done = SIMPLIFIED.get_or_build((exact_key(expr), tuple(active), trace), lambda: _simplify(expr, active, trace))
+    if trace:  # the same steps and result; the start is the expression given
+        return Derivation(expr, done.steps, done.result)
+    return done
+
+
+def _simplify(expr: Expression, active: list[Rule], trace: bool) -> Expression | Derivation:
     terms = list(terms_of(expr))
     steps: list[Step] = []
     for index in range(len(terms)):

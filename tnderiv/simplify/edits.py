@@ -91,13 +91,20 @@ def drop_leg(node: Node, leg: str, sizes: Mapping[str, Size]) -> Node | None:
     return _rebuild(node, axis, group[:pos] + group[pos + 1 :], strides[:pos] + strides[pos + 1 :], axis_size, offset, sizes)
 
 
+def adjacent(node: Node, first: str, second: str) -> bool:
+    """Whether ``second`` directly follows ``first`` in the user axis of ``node`` that reads ``first``."""
+    group = node.axis_groups[_group_of(node, first)]
+    pos = group.index(first)
+    return pos + 1 < len(group) and group[pos + 1] == second
+
+
 def merge_legs(node: Node, first: str, second: str, merged: str, sizes: Mapping[str, Size]) -> Node | None:
     """Replace adjacent legs ``first, second`` of one user axis by ``merged`` (``first`` major); ``None`` if impossible."""
+    if not adjacent(node, first, second):
+        return None
     axis = _group_of(node, first)
     group = node.axis_groups[axis]
     pos = group.index(first)
-    if pos + 1 >= len(group) or group[pos + 1] != second:
-        return None
     strides, axis_size, offset = _strides(node, axis, sizes)
     if not provably_equal(strides[pos], strides[pos + 1] * sizes[second]):
         return None

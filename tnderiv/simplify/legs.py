@@ -6,7 +6,7 @@ Every rule here removes a leg from the diagram, so repeated application terminat
 from __future__ import annotations
 
 from tnderiv.ir import Diagram, Node, NodeKind, ones
-from tnderiv.simplify.edits import drop_leg, folded_node, merge_legs
+from tnderiv.simplify.edits import adjacent, drop_leg, folded_node, merge_legs
 from tnderiv.simplify.rule import rule
 from tnderiv.simplify.sizes import known_int
 
@@ -101,17 +101,32 @@ def merge_open(diagram: Diagram) -> Diagram | None:
     return _merge(diagram, open_too=True)
 
 
+def _carriers(diagram: Diagram) -> dict[str, tuple[int, ...]]:
+    """``diagram.nodes_with(leg)`` for every leg, in one pass over the nodes."""
+    found: dict[str, list[int]] = {leg: [] for leg in diagram.sizes}
+    for j, node in enumerate(diagram.nodes):
+        for leg in dict.fromkeys(node.legs):
+            found[leg].append(j)
+    return {leg: tuple(js) for leg, js in found.items()}
+
+
 def _merge(diagram: Diagram, open_too: bool) -> Diagram | None:
     legs = list(diagram.sizes)
     open_legs = diagram.open_legs
+    carried = _carriers(diagram)
+    by_carriers: dict[tuple[int, ...], list[str]] = {}
+    for leg in legs:
+        by_carriers.setdefault(carried[leg], []).append(leg)
     for a in legs:
         if a in open_legs and not open_too:
             continue
-        carriers = diagram.nodes_with(a)
-        if not carriers or any(diagram.nodes[j].kind not in (NodeKind.OPERAND, NodeKind.ONES) for j in carriers):
+        carriers = carried[a]
+        if not carriers or len(by_carriers[carriers]) < 2:
             continue
-        for b in legs:
-            if b == a or diagram.nodes_with(b) != carriers:
+        if any(diagram.nodes[j].kind not in (NodeKind.OPERAND, NodeKind.ONES) for j in carriers):
+            continue
+        for b in by_carriers[carriers]:  # the legs on exactly the same nodes, in the order of ``legs``
+            if b == a:
                 continue
             if (a in open_legs) != (b in open_legs):
                 continue
@@ -119,6 +134,8 @@ def _merge(diagram: Diagram, open_too: bool) -> Diagram | None:
                 a in group and b in group and group.index(b) == group.index(a) + 1 for group in diagram.open_axis_groups
             ):
                 continue
+            if not all(diagram.nodes[j].kind is NodeKind.ONES or adjacent(diagram.nodes[j], a, b) for j in carriers):
+                continue  # merge_legs would refuse an operand (cheap check first: most pairs end here)
             merged = diagram.fresh_leg(f"{a}·{b}")
             sizes = dict(diagram.sizes)
             sizes[merged] = sizes[a] * sizes[b]

@@ -17,14 +17,19 @@ Size = Any  # int or sympy expression
 
 
 def _expr(value: Size) -> sympy.Expr:
-    return sympy.sympify(value)
+    return value if isinstance(value, sympy.Basic) else sympy.sympify(value)
 
 
 def provably_equal(a: Size, b: Size) -> bool:
     """True only if ``a = b`` for every value of the size symbols."""
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    difference = _expr(a) - _expr(b)
+    a, b = _expr(a), _expr(b)
+    if a.is_Number and b.is_Number:  # bound sizes: no subtraction or expansion needed
+        return bool(a == b)
+    if a == b:  # the same expression (structurally): the difference is 0
+        return True
+    difference = a - b
     if difference == 0:
         return True
     return bool(difference.is_Number and difference == 0) or sympy.expand(difference) == 0
@@ -34,7 +39,10 @@ def provably_le(a: Size, b: Size) -> bool:
     """True only if ``a ≤ b`` for every value of the size symbols."""
     if isinstance(a, int) and isinstance(b, int):
         return a <= b
-    difference = sympy.expand(_expr(b) - _expr(a))
+    a, b = _expr(a), _expr(b)
+    if a.is_Number and b.is_Number:
+        return bool(a <= b)
+    difference = sympy.expand(b - a)
     return bool(difference.is_nonnegative)
 
 
@@ -43,7 +51,7 @@ def known_int(value: Size) -> int | None:
     if isinstance(value, int):
         return value
     expr = _expr(value)
-    return int(expr) if expr.is_Integer else None
+    return int(expr) if expr.is_Integer else None  # type: ignore[attr-defined]
 
 
 def product(values: Iterable[Size]) -> Size:
