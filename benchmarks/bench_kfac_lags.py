@@ -56,7 +56,7 @@ def _program(module: torch.nn.Module, x: torch.Tensor) -> Any:
     """The lag program for this layer (forced), for its FLOPs and the cost model's scores."""
     network = _network(module, {"x": tuple(x.shape)})
     _, factor = input_factor(network, Approx.EXPAND)
-    side = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, "auto", False)
+    side = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, api_kfac._Options(), False)
     return lag_program(factor.glued, side.plan.sizes, 1.0, force=True)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tnderiv.api import _module_params, _network, check_tensors, run_quantity
 from tnderiv.calculus import derive
@@ -16,11 +17,12 @@ from tnderiv.ir import Expression
 from tnderiv.plan.cache import register_cache
 from tnderiv.plan.compiled import Plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
-from tnderiv.plan.gram import GramPlan, get_gram_plan
+from tnderiv.plan.gram import GramPlan, Strategy, get_gram_plan
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
-GGN_KINDS = ("block", "diag", "gram")
-STRATEGIES = ("auto", "glued", "materialize")
+GGNKind = Literal["block", "diag", "gram"]
+GGN_KINDS: tuple[str, ...] = get_args(GGNKind)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEFAULT_STATS = ("sum_grad_squared", "batch_l2", "variance", "batch_dot")
 
 
@@ -29,21 +31,24 @@ def ggn(
     x: Any,
     sqrt_out: Any,
     *,
-    param: str = "weight",
-    kind: str = "block",
+    params: str | Sequence[str] | None = None,
+    kind: GGNKind = "block",
     per_sample: bool = False,
     optimize: Any = "auto",
     simplify: bool = True,
     memory_limit: int | None = None,
+    param: str | None = None,
     **operands: Any,
 ) -> Any:
-    """GGN quantities of ``param`` from a loss-Hessian square root ``sqrt_out`` ``[M, N, *output]``.
+    """GGN quantities of a parameter from a loss-Hessian square root ``sqrt_out`` ``[M, N, *output]``.
 
-    ``kind="block"``: ``[*param.shape, *param.shape]`` (``[N, *param.shape, *param.shape]`` with
-    ``per_sample=True``); ``"diag"``: ``[*param.shape]`` (``[N, *param.shape]``); ``"gram"``: the
-    Gram matrix ``[M, N, M, N]`` of the backpropagated columns (no per-sample form). Other operands
-    of custom layers go by name in ``operands``. ``memory_limit`` (bytes) splits intermediates over the
-    batch; a result larger than the memory budget raises ``MemoryBudgetError`` before anything runs.
+    ``params``: one parameter's name (``None``: ``"weight"``) → its tensor; a sequence of names → a dict
+    ``{name: tensor}``. ``kind="block"``: ``[*param.shape, *param.shape]`` (``[N, *param.shape, *param.shape]``
+    with ``per_sample=True``); ``"diag"``: ``[*param.shape]`` (``[N, *param.shape]``), the glued network or the
+    squared columns as the planner scores them; ``"gram"``: the Gram matrix ``[M, N, M, N]`` of the
+    backpropagated columns (no per-sample form). Other operands of custom layers go by name in ``operands``.
+    ``memory_limit`` (bytes) splits intermediates over the batch; a result larger than the memory budget
+    raises ``MemoryBudgetError`` before anything runs. ``param=`` is the deprecated spelling of ``params=``.
     """
     if not isinstance(kind, str) or kind not in GGN_KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {list(GGN_KINDS)}")
@@ -51,15 +56,35 @@ def ggn(
         raise TypeError(f"per_sample={per_sample!r}: expected a bool")
     if per_sample and kind == "gram":
         raise ValueError("per_sample=True is not defined for kind='gram' (the Gram matrix already has the sample legs [M, N, M, N])")
+    if param is not None:
+        if params is not None:
+            raise TypeError("ggn() got both param= and params=; pass params= only")
+        warnings.warn(f"ggn(param={param!r}) is deprecated; pass params={param!r}", DeprecationWarning, stacklevel=2)
+        params = param
     tensors = {"x": x, "sqrt_out": sqrt_out, **operands}
     network = _network(layer, {k: tuple(v.shape) for k, v in tensors.items() if hasattr(v, "shape")})
-    _check_param(param, network.params)
-    quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
+    if params is None or isinstance(params, str):
+        names, single = ("weight" if params is None else params,), True
+    elif isinstance(params, Sequence):
+        names, single = tuple(params), False
+    else:
+        raise TypeError(f"params={params!r}: expected a parameter name or a sequence of them, e.g. ['weight', 'bias']")
+    for name in names:
+        _check_param(name, network.params)
+    out = {name: _ggn_of(layer, network, tensors, name, kind, per_sample, optimize, simplify, memory_limit) for name in names}
+    return out[names[0]] if single else out
+
+
+def _ggn_of(
+    layer: Any, network: Any, tensors: dict[str, Any], param: str, kind: str, per_sample: bool, optimize: Any, simplify: bool, memory_limit: int | None
+) -> Any:
+    """One parameter's GGN quantity: a diagonal through its glued form (``plan.gram``), the rest as quantities."""
     if kind == "diag" and simplify:
         given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
         like = check_tensors(given)
         if like is not None and not has_empty({k: tuple(v.shape) for k, v in given.items()}):
             return _ggn_diag(network, given, like, param, per_sample, optimize, memory_limit)
+    quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
     return run_quantity(layer, quantity, tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
 
 
@@ -67,7 +92,7 @@ def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sa
     """The GGN diagonal as a glued quantity: the glued network or the columns then ``Σ V²``, as the planner scores them."""
     form = glued_ggn_diag(network, param, per_sample)
     inputs = _inputs(network, [form.glued, form.source], given)
-    plan = _gram_plan(form, inputs, like, optimize, network, "auto", memory_limit)
+    plan = _gram_plan(form, inputs, like, (optimize, True, memory_limit), network, "auto")
     plan.check_memory(f"the GGN diagonal of {param}")
     return plan.run(inputs)[0]
 
@@ -113,12 +138,12 @@ class StatChoice:
 
     stat: str
     param: str
-    strategy: str
-    glued_cost: float | None
-    materialize_cost: float | None
-    glued_flops: int | None
-    materialize_flops: int | None
-    plans: tuple[Plan, ...]
+    strategy: Literal["glued", "materialize", "empty"]
+    glued_cost: float | None = None
+    materialize_cost: float | None = None
+    glued_flops: int | None = None
+    materialize_flops: int | None = None
+    plans: tuple[Plan, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -181,8 +206,9 @@ def grad_stats(
     stats: Sequence[str] = DEFAULT_STATS,
     *,
     params: Sequence[str] | None = None,
-    strategy: str = "auto",
+    strategy: Strategy = "auto",
     optimize: Any = "auto",
+    simplify: bool = True,
     memory_limit: int | None = None,
     **operands: Any,
 ) -> GradStats:
@@ -191,8 +217,9 @@ def grad_stats(
     ``sum_grad_squared`` ``[*param]``, ``batch_l2`` ``[N]``, ``variance`` ``[*param]``
     (``(1/N)Σ g² − ((1/N)Σ g)²``), ``batch_dot`` ``[N, N]``. ``strategy="auto"`` picks, per parameter,
     the cheaper of contracting the glued network and materializing ``g`` (``plan_cost``); the result's
-    ``choices`` / ``report()`` show the choice and both costs. ``memory_limit`` (bytes) splits intermediates
-    over the batch; every plan is checked against the memory budget before any runs.
+    ``choices`` / ``report()`` show the choice and both costs. ``simplify=False`` skips the plan-stage rewrites;
+    ``memory_limit`` (bytes) splits intermediates over the batch; every plan is checked against the memory
+    budget before any runs.
     """
     names = _check_stats(stats)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
@@ -215,13 +242,14 @@ def grad_stats(
     if has_empty(shapes):
         return _empty_stats(network, names, chosen, given, like)
     forced = None if strategy == "auto" else strategy
+    opts = (optimize, simplify, memory_limit)
     for param in chosen:
         forms = {stat: glued_statistic(network, stat, param) for stat in names}
         inputs = _inputs(network, [e for form in forms.values() for e in (form.glued, form.source)], given)
-        planned = {stat: _gram_plan(form, inputs, like, optimize, network, forced or "auto", memory_limit) for stat, form in forms.items()}
+        planned = {stat: _gram_plan(form, inputs, like, opts, network, forced or "auto") for stat, form in forms.items()}
         use = _choose(names, forced, planned)
         plans = {
-            stat: plan if plan.strategy == use[stat] else _gram_plan(forms[stat], inputs, like, optimize, network, use[stat], memory_limit)  # type: ignore[arg-type]
+            stat: plan if plan.strategy == use[stat] else _gram_plan(forms[stat], inputs, like, opts, network, use[stat])
             for stat, plan in planned.items()
         }
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
@@ -237,21 +265,23 @@ def grad_stats(
                 values[stat][param] = plan.run(inputs)[0]
             scores, flops = planned[stat].scores | plan.scores, planned[stat].flops_of | plan.flops_of
             choices[stat][param] = StatChoice(
-                stat,
-                param,
-                plan.strategy,
-                scores.get("glued"),
-                scores.get("materialize"),
-                flops.get("glued"),
-                flops.get("materialize"),
-                plan.plans,
+                stat=stat,
+                param=param,
+                strategy=plan.strategy,
+                glued_cost=scores.get("glued"),
+                materialize_cost=scores.get("materialize"),
+                glued_flops=flops.get("glued"),
+                materialize_flops=flops.get("materialize"),
+                plans=plan.plans,
             )
     return GradStats(values, choices)
 
 
-def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, optimize: Any, network: Any, strategy: str, memory_limit: int | None) -> GramPlan:
+def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, opts: tuple[Any, bool, int | None], network: Any, strategy: str) -> GramPlan:
+    """The glued quantity's plan for these inputs; ``opts``: ``(optimize, simplify, memory_limit)``."""
+    optimize, simplify, memory_limit = opts
     shapes = {name: tuple(t.shape) for name, t in inputs.items()}
-    return get_gram_plan(form, shapes, like, optimize, network.check_sizes, strategy=strategy, memory_limit=memory_limit)  # type: ignore[arg-type]
+    return get_gram_plan(form, shapes, like, optimize, network.check_sizes, strategy=strategy, simplify=simplify, memory_limit=memory_limit)  # type: ignore[arg-type]
 
 
 def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], given: dict[str, Any], like: Any) -> GradStats:
@@ -263,7 +293,7 @@ def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], 
             expr = derive(network, f"{stat}_{param}")
             shape, fill = empty_value(expr, _shapes(expr, _inputs(network, [expr], given)), network.check_sizes)
             values[stat][param] = filled(like, shape, fill)
-            choices[stat][param] = StatChoice(stat, param, "empty", None, None, None, None, ())
+            choices[stat][param] = StatChoice(stat=stat, param=param, strategy="empty")
     return GradStats(values, choices)
 
 

@@ -27,6 +27,7 @@ from tnderiv.api_kfac_checks import (
     check_flag,
     check_k,
     check_torch,
+    deprecated_bias,
     input_tensors,
     is_sqrt,
     output_rank,
@@ -36,8 +37,11 @@ from tnderiv.api_kfac_operators import KFAC, KroneckerBlock, KroneckerOperator, 
 from tnderiv.api_structured import StructuredGram, structured_gram
 from tnderiv.calculus.kfac import (
     Approx,
+    ApproxName,
     BiasMode,
+    BiasModeName,
     KFACSplit,
+    LossAverage,
     bias_input_factors,
     input_factor,
     output_factor,
@@ -61,6 +65,21 @@ from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_che
 # None: the cost model decides per layer (plan.lags); True/False force the lag path where exact / never
 LAG_STRATEGY: bool | None = None
 EXPAND_TO_REDUCE = "approx='reduce' (sums the weight-sharing positions first)"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How to plan: ``optimize``, ``simplify`` (plan-stage rewrites) and ``memory_limit`` (bytes per intermediate)."""
+
+    optimize: Any = "auto"
+    simplify: bool = True
+    memory_limit: int | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return (bool(self.simplify), self.memory_limit)
+
+    def planning(self) -> dict[str, Any]:
+        return {"simplify": self.simplify, "memory_limit": self.memory_limit}
 
 
 @dataclass(frozen=True)
@@ -106,9 +125,9 @@ class _Side:
         return raw.reshape(groups, *lead, d).movedim(0, -2)
 
 
-def _side(what: tuple[Any, ...], tensors: Mapping[str, Any], optimize: Any, build: Any) -> _Side:
+def _side(what: tuple[Any, ...], tensors: Mapping[str, Any], opts: _Options, build: Any) -> _Side:
     """The side under the one call key (built on a miss)."""
-    return cached_call(call_key(what, tensors, optimize), build)
+    return cached_call(call_key(what, tensors, opts.optimize, *opts.key()), build)
 
 
 def _shapes(names: Sequence[str], tensors: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -137,14 +156,14 @@ def _prod(sizes: Mapping[str, int], legs: Sequence[str]) -> int:
 
 
 def _input_side(
-    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, optimize: Any, keep_half: bool
+    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: _Options, keep_half: bool
 ) -> _Side:
     what = ("kfac input", network, approx, bias, keep_half, LAG_STRATEGY)
-    return _side(what, tensors, optimize, lambda: _build_input_side(network, tensors, approx, bias, optimize, keep_half))
+    return _side(what, tensors, opts, lambda: _build_input_side(network, tensors, approx, bias, opts, keep_half))
 
 
 def _build_input_side(
-    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, optimize: Any, keep_half: bool
+    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: _Options, keep_half: bool
 ) -> _Side:
     split, factor = input_factor(network, approx)
     x = tensors["x"]
@@ -159,36 +178,37 @@ def _build_input_side(
         factor,
         _shapes(factor.source.operand_names, tensors),
         x,
-        optimize,
+        opts.optimize,
         network.check_sizes,
         strategy="materialize" if staged else "auto",
         lags=LAG_STRATEGY if approx is Approx.EXPAND and not staged else False,
+        **opts.planning(),
     )
     cross, corner = None, None
     if "bias" in network.params:
         _, cross_factor, own = bias_input_factors(network, approx)
         corner = float(_constant(own.glued, plan.bindings))  # type: ignore[arg-type]
         if append:
-            cross = get_gram_plan(cross_factor, plan.shapes, x, optimize, network.check_sizes, strategy="materialize")
+            cross = get_gram_plan(cross_factor, plan.shapes, x, opts.optimize, network.check_sizes, strategy="materialize", **opts.planning())
     options = (EXPAND_TO_REDUCE, SMALLER_BATCH, SET_BUDGET) if approx is Approx.EXPAND else (SMALLER_BATCH, SET_BUDGET)
     return _Side(split, plan, split.input_legs, split.input_half.open_legs, "the KFAC input factor A", options, prepare, cross, corner)
 
 
 def _output_side(
-    network: LayerNetwork, grad_out: Any, approx: Approx, loss_average: str | None, sqrt: bool, optimize: Any, keep_half: bool, param: str = "weight"
+    network: LayerNetwork, grad_out: Any, approx: Approx, loss_average: str | None, sqrt: bool, opts: _Options, keep_half: bool, param: str = "weight"
 ) -> _Side:
     tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
     what = ("kfac output", network, approx, loss_average, sqrt, keep_half, param)
 
     def build() -> _Side:
         split, factor = output_factor(network, approx, loss_average, sqrt, param)
-        plan = get_gram_plan(
-            factor, _shapes(factor.source.operand_names, tensors), grad_out, optimize, network.check_sizes, strategy="materialize" if keep_half else "auto"
-        )
+        shapes = _shapes(factor.source.operand_names, tensors)
+        strategy = "materialize" if keep_half else "auto"
+        plan = get_gram_plan(factor, shapes, grad_out, opts.optimize, network.check_sizes, strategy=strategy, **opts.planning())
         options = (EXPAND_TO_REDUCE, SMALLER_BATCH, SET_BUDGET) if approx is Approx.EXPAND else (SMALLER_BATCH, SET_BUDGET)
         return _Side(split, plan, split.output_legs, split.output_half.open_legs, f"the KFAC output factor G ({param})", options)
 
-    return _side(what, tensors, optimize, build)
+    return _side(what, tensors, opts, build)
 
 
 @dataclass
@@ -249,16 +269,19 @@ def _structured_factor(side: _Side, tensors: Mapping[str, Any], struct: Structur
 def kfac_factors_input(
     layer: Any,
     x: Any,
-    approx: str = "expand",
+    approx: ApproxName = "expand",
     *,
-    bias: str = "separate",
+    bias_mode: BiasModeName = "separate",
     unreduced: bool = False,
     structure: str = "dense",
     K: Any = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
+    bias: Any = None,
     **operands: Any,
 ) -> Any:
-    """The input-side factor ``A`` ``[G, d_in, d_in]`` (``d_in + 1`` with ``bias="append"`` on a layer with a bias).
+    """The input-side factor ``A`` ``[G, d_in, d_in]`` (``d_in + 1`` with ``bias_mode="append"`` on a layer with a bias).
 
     expand: ``A = 1/(N·S) Σ_{n,s} a aᵀ`` over samples and the ``S`` weight-sharing positions; reduce:
     ``A = 1/N Σ_n ā āᵀ`` with ``ā`` the average of ``a`` over positions. ``unreduced=True`` returns
@@ -270,14 +293,16 @@ def kfac_factors_input(
     ``"triu_toeplitz"``; or ``"dense"`` with ``K``) returns ``Π_struct(Kᵀ A[g] K)`` as a ``StructuredGram``
     (a list of ``G`` of them for a grouped layer), computed from ``a`` with ``structured_gram``: the
     ``d_in × d_in`` factor is never formed. ``K``: ``[d, d]`` tensor or structured matrix (``rmatmat``), or
-    a list with one per group. Not with ``unreduced=True``.
+    a list with one per group. Not with ``unreduced=True``. ``simplify=False`` skips the plan-stage rewrites;
+    ``memory_limit`` (bytes) bounds every intermediate. ``bias="append"`` is the deprecated spelling of ``bias_mode``.
     """
-    approx_, bias_ = Approx.parse(approx), BiasMode.parse(bias)
+    approx_, bias_ = Approx.parse(approx), BiasMode.parse(deprecated_bias(bias, bias_mode))
     check_flag("unreduced", unreduced)
     struct = structured_request(structure, K, unreduced)
     tensors = input_tensors(layer, x, operands)
     network = _network(layer, {"x": tuple(x.shape)})
-    side = _input_side(network, tensors, approx_, bias_, optimize, unreduced or struct is not None)
+    opts = _Options(optimize, simplify, memory_limit)
+    side = _input_side(network, tensors, approx_, bias_, opts, unreduced or struct is not None)
     if struct is not None:
         return _structured_factor(side, tensors, struct, K, side.cross is not None)
     result = _finish_inputs(side, tensors)
@@ -287,14 +312,16 @@ def kfac_factors_input(
 def kfac_factors_output(
     layer: Any,
     grad_out: Any,
-    approx: str = "expand",
+    approx: ApproxName = "expand",
     *,
-    loss_average: str | None = "batch",
+    loss_average: LossAverage = "batch",
     hessian_sqrt: bool | None = None,
     unreduced: bool = False,
     structure: str = "dense",
     K: Any = None,
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
 ) -> Any:
     """The output-side factor ``G`` ``[G, d_out, d_out]``; by default ``N · Σ g gᵀ`` (``grad_out`` is taken as the gradient of a batch-mean loss).
 
@@ -320,10 +347,11 @@ def kfac_factors_output(
     check_torch({"grad_out": grad_out})
     network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
     tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
+    opts = _Options(optimize, simplify, memory_limit)
     if struct is not None:
-        side = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, True)
+        side = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, True)
         return _structured_factor(side, tensors, struct, K, False)
-    G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, unreduced).evaluate(tensors)
+    G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, unreduced).evaluate(tensors)
     return (G, g) if unreduced else G
 
 
@@ -347,11 +375,14 @@ def kfac(
     layer: Any,
     x: Any,
     grad_out: Any,
+    approx: ApproxName = "expand",
     *,
-    approx: str = "expand",
-    bias: str = "separate",
-    loss_average: str | None = "batch",
+    bias_mode: BiasModeName = "separate",
+    loss_average: LossAverage = "batch",
     optimize: Any = "auto",
+    simplify: bool = True,
+    memory_limit: int | None = None,
+    bias: Any = None,
     **operands: Any,
 ) -> KFAC:
     """KFAC from ``x`` and ``grad_out``; by default ``G = N · Σ g gᵀ``: ``grad_out`` is taken as the gradient of a batch-mean loss.
@@ -360,16 +391,19 @@ def kfac(
     in every ``g``; for the gradient of a sum-reduced loss (or a raw ``grad_out``) pass ``loss_average=None``.
     A loss-Hessian square root ``[M, N, *output]`` needs no scale (see ``kfac_factors_output``).
 
-    Returns a ``KFAC`` with ``A``, ``G`` (and ``A_bias``, ``G_bias`` for ``bias="separate"``), ``matvec``,
+    Returns a ``KFAC`` with ``A``, ``G`` (and ``A_bias``, ``G_bias`` for ``bias_mode="separate"``), ``matvec``,
     ``to_dense`` and ``inverse(damping)``. It approximates the curvature of the loss as reduced, with
-    ``G[g] ⊗ A[g]`` per group of the weight. Other operands go by name, as for ``kfac_factors_input``.
+    ``G[g] ⊗ A[g]`` per group of the weight. Other operands go by name, as for ``kfac_factors_input``;
+    ``simplify``/``memory_limit`` as there. ``bias="append"`` is the deprecated spelling of ``bias_mode``.
     """
-    approx_, bias_, loss_average_ = Approx.parse(approx), BiasMode.parse(bias), parse_loss_average(loss_average)
+    approx_, loss_average_ = Approx.parse(approx), parse_loss_average(loss_average)
+    bias_ = BiasMode.parse(deprecated_bias(bias, bias_mode))
+    opts = _Options(optimize, simplify, memory_limit)
     tensors = input_tensors(layer, x, operands, {"grad_out": grad_out})
     network = _network(layer, {"x": tuple(x.shape)})
     sqrt = is_sqrt(network, grad_out, None)
-    ins = _input_side(network, tensors, approx_, bias_, optimize, False)
-    outs = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False)
+    ins = _input_side(network, tensors, approx_, bias_, opts, False)
+    outs = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, False)
     _check_agree(ins, outs, x, grad_out)
     sizes = {**outs.sizes, **ins.sizes}
     out_tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
@@ -378,21 +412,33 @@ def kfac(
     plans = {**inputs.plans, "G": outs.plan.plans}
     weight = param_layout(ins.split, sizes)
     if "bias" not in network.params:
-        return KFAC((KroneckerBlock((weight,), G, inputs.A),), (weight,), inputs.A, G, None, None, approx_.value, bias_.value, plans)
+        return KFAC(
+            blocks=(KroneckerBlock((weight,), G, inputs.A),), params=(weight,), A=inputs.A, G=G, approx=approx_.value, bias_mode=bias_.value, plans=plans
+        )
     bias_split, _, _ = bias_input_factors(network, approx_)
     bias_layout = param_layout(bias_split, sizes)
     if bias_ is BiasMode.APPEND:
         block = KroneckerBlock((weight, bias_layout), G, inputs.A)
-        return KFAC((block,), (weight, bias_layout), inputs.A, G, None, None, approx_.value, bias_.value, plans)
+        return KFAC(blocks=(block,), params=(weight, bias_layout), A=inputs.A, G=G, approx=approx_.value, bias_mode=bias_.value, plans=plans)
     G_bias = G
     _, weight_factor = output_factor(network, approx_, loss_average_, sqrt)
     _, bias_factor = output_factor(network, approx_, loss_average_, sqrt, "bias")
     if bias_factor.glued != weight_factor.glued:
-        side = _output_side(network, grad_out, approx_, loss_average_, sqrt, optimize, False, "bias")
+        side = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, False, "bias")
         G_bias = side.evaluate(out_tensors)[0]
         plans["G_bias"] = side.plan.plans
     blocks = (KroneckerBlock((weight,), G, inputs.A), KroneckerBlock((bias_layout,), G_bias, inputs.A_bias))
-    return KFAC(blocks, (weight, bias_layout), inputs.A, G, inputs.A_bias, G_bias, approx_.value, bias_.value, plans)
+    return KFAC(
+        blocks=blocks,
+        params=(weight, bias_layout),
+        A=inputs.A,
+        G=G,
+        A_bias=inputs.A_bias,
+        G_bias=G_bias,
+        approx=approx_.value,
+        bias_mode=bias_.value,
+        plans=plans,
+    )
 
 
 def _check_agree(ins: _Side, outs: _Side, x: Any, grad_out: Any) -> None:

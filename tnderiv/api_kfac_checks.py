@@ -5,6 +5,7 @@ Each raises before any work, naming the argument, its value and what was expecte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,19 @@ def input_tensors(layer: Any, x: Any, operands: Mapping[str, Any], extra: Mappin
     return tensors
 
 
+def deprecated_bias(bias: Any, bias_mode: str) -> str:
+    """``bias_mode``, or the mode given by the deprecated spelling ``bias="separate"|"append"`` (with a warning)."""
+    if bias is None:
+        return bias_mode
+    if not isinstance(bias, str):
+        raise TypeError(
+            f"bias={type(bias).__name__}: KFAC does not take the bias's values; bias_mode= chooses how its block is "
+            "formed ('separate' or 'append')"
+        )
+    warnings.warn(f"bias={bias!r} is deprecated; pass bias_mode={bias!r} (bias= means the bias tensor elsewhere)", DeprecationWarning, stacklevel=3)
+    return bias
+
+
 def check_flag(name: str, value: Any) -> None:
     """Raise unless the flag ``name`` is a bool."""
     if not isinstance(value, bool):
@@ -101,6 +115,7 @@ __all__ = [
     "check_flag",
     "check_k",
     "check_torch",
+    "deprecated_bias",
     "input_tensors",
     "is_sqrt",
     "output_rank",

@@ -8,9 +8,10 @@ row-major; ``matvec`` and ``to_dense`` use the order ``weight.flatten()`` then `
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -179,28 +180,35 @@ def _cat_flat(tensors: Sequence[Any]) -> Any:
 
 @dataclass(frozen=True)
 class KFAC(KroneckerOperator):
-    """KFAC of a layer: ``A`` ``[G, d_in, d_in]``, ``G`` ``[G, d_out, d_out]`` and, for ``bias="separate"``,
+    """KFAC of a layer: ``A`` ``[G, d_in, d_in]``, ``G`` ``[G, d_out, d_out]`` and, for ``bias_mode="separate"``,
     ``A_bias`` ``[G, 1, 1]`` and ``G_bias`` ``[G, d_out, d_out]`` (``None`` without a bias).
 
-    The weight block is ``G[g] ⊗ A[g]`` per group (``bias="append"``: on ``[weight | bias]`` rows,
+    The weight block is ``G[g] ⊗ A[g]`` per group (``bias_mode="append"``: on ``[weight | bias]`` rows,
     ``A`` then has ``d_in + 1`` rows). ``plans`` are the compiled plans that ran, by factor name.
+    Construct it with keywords.
     """
 
     A: Any = None
     G: Any = None
     A_bias: Any = None
     G_bias: Any = None
-    approx: str = "expand"
-    bias: str = "separate"
+    approx: Literal["expand", "reduce"] = "expand"
+    bias_mode: Literal["separate", "append"] = "separate"
     plans: Mapping[str, tuple[Plan, ...]] = field(default_factory=dict)
+
+    @property
+    def bias(self) -> str:
+        """Deprecated: ``bias_mode``."""
+        warnings.warn("KFAC.bias is deprecated; read KFAC.bias_mode (bias= means the bias tensor elsewhere)", DeprecationWarning, stacklevel=2)
+        return self.bias_mode
 
     def __repr__(self) -> str:
         factors = ", ".join(
             f"{name} {_shape(getattr(self, name))}" for name in ("A", "G", "A_bias", "G_bias") if getattr(self, name) is not None
         )
-        return f"KFAC({self.approx}, bias={self.bias!r}, {factors}, params={self._param_shapes()})"
+        return f"KFAC({self.approx}, bias_mode={self.bias_mode!r}, {factors}, params={self._param_shapes()})"
 
-    def inverse(self, damping: float = 0.0, *, damp: str = "exact") -> KroneckerOperator:
+    def inverse(self, damping: float = 0.0, *, damp: Literal["exact", "factors"] = "exact") -> KroneckerOperator:
         """``(KFAC + damping·I)⁻¹`` (``damp="exact"``) or ``(A + √δ I)⁻¹ ⊗ (G + √δ I)⁻¹`` per block
         (``damp="factors"``), from eigendecompositions of the factors."""
         if not isinstance(damping, (int, float)) or isinstance(damping, bool) or damping < 0:

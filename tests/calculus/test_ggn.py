@@ -44,19 +44,19 @@ def check_all(layer, x: torch.Tensor, s: torch.Tensor, param: str, jac: torch.Te
     want = oracle(jac, s)
     m, n = s.shape[:2]
     p = int(torch.tensor(shape).prod())
-    block = tnderiv.ggn(layer, x, s, param=param, **ops)
+    block = tnderiv.ggn(layer, x, s, params=param, **ops)
     assert block.shape == (*shape, *shape)
     torch.testing.assert_close(block.reshape(p, p), want["block"], **TOL)
-    diag = tnderiv.ggn(layer, x, s, param=param, kind="diag", **ops)
+    diag = tnderiv.ggn(layer, x, s, params=param, kind="diag", **ops)
     assert diag.shape == shape
     torch.testing.assert_close(diag.reshape(-1), want["diag"], **TOL)
-    per = tnderiv.ggn(layer, x, s, param=param, kind="diag", per_sample=True, **ops)
+    per = tnderiv.ggn(layer, x, s, params=param, kind="diag", per_sample=True, **ops)
     assert per.shape == (n, *shape)
     torch.testing.assert_close(per.reshape(n, -1), want["per_sample_diag"], **TOL)
-    per_block = tnderiv.ggn(layer, x, s, param=param, kind="block", per_sample=True, **ops)
+    per_block = tnderiv.ggn(layer, x, s, params=param, kind="block", per_sample=True, **ops)
     assert per_block.shape == (n, *shape, *shape)
     torch.testing.assert_close(per_block.reshape(n, p, p), want["per_sample_block"], **TOL)
-    gram = tnderiv.ggn(layer, x, s, param=param, kind="gram", **ops)
+    gram = tnderiv.ggn(layer, x, s, params=param, kind="gram", **ops)
     assert gram.shape == (m, n, m, n)
     torch.testing.assert_close(gram, want["gram"], **TOL)
 
@@ -129,7 +129,7 @@ def test_exact_ggn_is_the_loss_hessian(loss: str, target, reduction: str) -> Non
     hessian = torch.func.hessian(lambda w_: fn(F.conv1d(F.pad(x, (1, 1), mode="reflect"), w_, b), t, reduction=reduction))(w)
     torch.testing.assert_close(tnderiv.ggn(module, x, s).reshape(w.numel(), -1), hessian.reshape(w.numel(), -1), **TOL)
     hessian_b = torch.func.hessian(lambda b_: fn(F.conv1d(F.pad(x, (1, 1), mode="reflect"), w, b_), t, reduction=reduction))(b)
-    torch.testing.assert_close(tnderiv.ggn(module, x, s, param="bias"), hessian_b, **TOL)
+    torch.testing.assert_close(tnderiv.ggn(module, x, s, params="bias"), hessian_b, **TOL)
     torch.testing.assert_close(tnderiv.ggn(module, x, s, kind="diag"), hessian.reshape(w.numel(), -1).diagonal().reshape(w.shape), **TOL)
 
 
@@ -151,7 +151,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="per_sample=True is not defined for kind='gram'"):
         tnderiv.ggn(spec, x, s, kind="gram", per_sample=True)
     with pytest.raises(ValueError, match=r"param='x'.*\['weight', 'bias'\]"):
-        tnderiv.ggn(spec, x, s, param="x")
+        tnderiv.ggn(spec, x, s, params="x")
     with pytest.raises(ValueError, match="sqrt_out has shape"):
         tnderiv.ggn(spec, x, s[0])  # the column axis M is missing
     with pytest.raises(ValueError, match="sqrt_out has shape"):

@@ -17,8 +17,8 @@ def test_bad_arguments_raise_naming_them() -> None:
     g = torch.randn(2, 4, 5, 5, dtype=DT)
     with pytest.raises(ValueError, match="approx='expanded'"):
         tnderiv.kfac(spec, x, g, approx="expanded")
-    with pytest.raises(ValueError, match="bias='joint'"):
-        tnderiv.kfac(spec, x, g, bias="joint")
+    with pytest.raises(ValueError, match="bias_mode='joint'"):
+        tnderiv.kfac(spec, x, g, bias_mode="joint")
     with pytest.raises(ValueError, match="loss_average='mean'"):
         tnderiv.kfac(spec, x, g, loss_average="mean")
     with pytest.raises(ValueError, match=r"grad_out has shape \(2, 4, 5\)"):

@@ -100,13 +100,13 @@ def test_kfac_equals_ggn_where_exact(name: str, setting: str, exact: str) -> Non
     spec = _spec(cfg)
     w_numel = math.prod(cfg.weight_shape)
     want = _group_blocks(exact_ggn, cfg, w_numel)
-    got = _group_blocks(tnderiv.kfac(spec, x, S, approx=exact, bias="append").to_dense(), cfg, w_numel)
+    got = _group_blocks(tnderiv.kfac(spec, x, S, approx=exact, bias_mode="append").to_dense(), cfg, w_numel)
     for g, (mine, theirs) in enumerate(zip(got, want)):
         torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-9, msg=f"group {g}")
     if cfg.groups == 1:
         # the other approximation is not exact here (the test can fail)
         other = "reduce" if exact == "expand" else "expand"
-        assert not torch.allclose(tnderiv.kfac(spec, x, S, approx=other, bias="append").to_dense(), exact_ggn, rtol=1e-3)
+        assert not torch.allclose(tnderiv.kfac(spec, x, S, approx=other, bias_mode="append").to_dense(), exact_ggn, rtol=1e-3)
 
 
 SINGLE_POSITION = {
@@ -121,9 +121,9 @@ SINGLE_POSITION = {
 def test_kfac_exact_for_one_sample_and_one_position(name: str, approx: str) -> None:
     cfg = SINGLE_POSITION[name]
     x, S, exact_ggn = _exact_case(cfg, "single")
-    k = tnderiv.kfac(_spec(cfg), x, S, approx=approx, bias="append")
+    k = tnderiv.kfac(_spec(cfg), x, S, approx=approx, bias_mode="append")
     torch.testing.assert_close(k.to_dense(), exact_ggn, rtol=1e-8, atol=1e-10)
-    separate = tnderiv.kfac(_spec(cfg), x, S, approx=approx, bias="separate").to_dense()
+    separate = tnderiv.kfac(_spec(cfg), x, S, approx=approx, bias_mode="separate").to_dense()
     w = math.prod(cfg.weight_shape)
     torch.testing.assert_close(separate[:w, :w], exact_ggn[:w, :w], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(separate[w:, w:], exact_ggn[w:, w:], rtol=1e-8, atol=1e-10)
@@ -154,5 +154,5 @@ def test_deep_linear_network_with_weight_sharing(pooled: bool, approx: str) -> N
     else:
         S = torch.einsum("ed,pq->epqd", root.T, torch.eye(s, dtype=DT)).reshape(dims[3] * s, 1, s, dims[2])
         S = S.expand(-1, n, s, dims[2])
-    k = tnderiv.kfac(tnderiv.Linear(dims[1], dims[2]), hidden, S.contiguous(), approx=approx, bias="append")
+    k = tnderiv.kfac(tnderiv.Linear(dims[1], dims[2]), hidden, S.contiguous(), approx=approx, bias_mode="append")
     torch.testing.assert_close(k.to_dense(), exact, rtol=1e-8, atol=1e-10)

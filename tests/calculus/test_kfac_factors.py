@@ -37,7 +37,7 @@ def _check_conv(cfg: ConvConfig, seed: int, approx: str, bias: str, loss_average
     x, _, y = _data(cfg, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     grad = torch.randn((3, *y.shape) if sqrt else y.shape, generator=gen, dtype=DT)
-    k = tnderiv.kfac(_spec(cfg), x, grad, approx=approx, bias=bias, loss_average=loss_average)
+    k = tnderiv.kfac(_spec(cfg), x, grad, approx=approx, bias_mode=bias, loss_average=loss_average)
     a = ref.unfold(cfg, x)
     append = bias == "append" and cfg.bias
     _close(k.A, ref.input_factor(a, approx, append))
@@ -102,7 +102,7 @@ def test_dense_factors_with_weight_sharing(shared: int, approx: str, loss_averag
     grad = torch.randn(*lead, 5, generator=gen, dtype=DT)
     sqrt = torch.randn(2, *lead, 5, generator=gen, dtype=DT)
     spec = tnderiv.Linear(4, 5)
-    k = tnderiv.kfac(spec, x, grad, approx=approx, bias="append", loss_average=loss_average)
+    k = tnderiv.kfac(spec, x, grad, approx=approx, bias_mode="append", loss_average=loss_average)
     a = x.reshape(*lead, 1, 4)
     _close(k.A, ref.input_factor(a, approx, append=True))
     positions = math.prod(lead[1:])

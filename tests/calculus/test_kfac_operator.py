@@ -25,7 +25,7 @@ OPERATOR_LAYERS = {
 def test_matvec_dense_and_inverse(name: str, approx: str) -> None:
     cfg, bias = OPERATOR_LAYERS[name]
     x, _, y = _data(cfg, 2)
-    k = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), approx=approx, bias=bias)
+    k = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), approx=approx, bias_mode=bias)
     dense = k.to_dense()
     assert dense.shape == (k.numel, k.numel)
     torch.testing.assert_close(dense, dense.T)
@@ -43,7 +43,7 @@ def test_matvec_dense_and_inverse(name: str, approx: str) -> None:
         _close(k.inverse(damping).to_dense(), torch.linalg.inv(dense + damping * eye), rtol=1e-7, atol=1e-9)
         _close(k.inverse(damping).matvec(v), torch.linalg.solve(dense + damping * eye, v), rtol=1e-7, atol=1e-9)
     root = math.sqrt(0.3)
-    factors = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), approx=approx, bias=bias)
+    factors = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), approx=approx, bias_mode=bias)
     damped = [
         (
             blk.left + root * torch.eye(blk.left.shape[-1], dtype=DT),
@@ -61,7 +61,7 @@ def test_weight_block_is_kron_G_A_in_weight_order() -> None:
     """For one group the weight block of ``to_dense`` is ``torch.kron(G, A)`` on ``weight.flatten()``."""
     cfg = CONV_CASES["2d-stride-pad"]
     x, _, y = _data(cfg, 4)
-    k = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), bias="separate")
+    k = tnderiv.kfac(_spec(cfg), x, torch.randn(y.shape, dtype=DT), bias_mode="separate")
     w = math.prod(cfg.weight_shape)
     _close(k.to_dense()[:w, :w], torch.kron(k.G[0], k.A[0]))
     _close(k.to_dense()[w:, w:], k.G_bias[0] * k.A_bias[0, 0, 0])

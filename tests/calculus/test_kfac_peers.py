@@ -109,7 +109,7 @@ def test_curvlinops_and_table(approx: str, separate: bool) -> None:
             check_deterministic=False,
         )
         op.compute_kronecker_factors()
-        k = tnderiv.kfac(conv, x, tensor.detach(), approx=approx, bias=bias, loss_average="batch")
+        k = tnderiv.kfac(conv, x, tensor.detach(), approx=approx, bias_mode=bias, loss_average="batch")
         _close(op._input_covariances["0"], k.A[0])
         _close(op._gradient_covariances["0"], k.G[0])
 
@@ -117,12 +117,12 @@ def test_curvlinops_and_table(approx: str, separate: bool) -> None:
 @pytest.mark.parametrize("approx", APPROX)
 @pytest.mark.parametrize("loss_average", [None, "batch", "batch+positions"])
 def test_singd_table(approx: str, loss_average: str | None) -> None:
-    """SINGD's Gram matrices ``(K, C)`` are our ``A`` with ``bias="append"`` and our ``G`` with the same
+    """SINGD's Gram matrices ``(K, C)`` are our ``A`` with ``bias_mode="append"`` and our ``G`` with the same
     ``loss_average`` (``"batch+sequence"`` is ``"batch+positions"``), for ungrouped convolutions."""
     conv, _, x = _peer_model(2)
     grad_out = torch.randn(conv(x).shape, dtype=DT)
     peer_average = "batch+sequence" if loss_average == "batch+positions" else loss_average
     K, C = ref.singd_conv2d(x, grad_out, conv, approx, peer_average)
-    k = tnderiv.kfac(conv, x, grad_out, approx=approx, bias="append", loss_average=loss_average)
+    k = tnderiv.kfac(conv, x, grad_out, approx=approx, bias_mode="append", loss_average=loss_average)
     _close(K, k.A[0])
     _close(C, k.G[0])

@@ -102,10 +102,10 @@ def test_input_factor_equals_singd_on_the_dense_factor(layer: str, approx: str) 
         d, groups = a_rows[0].shape[1], len(a_rows)
         for structure in SINGD:
             if structure != "dense":
-                ours = tnderiv.kfac_factors_input(module, x, approx, bias=bias, structure=structure)
+                ours = tnderiv.kfac_factors_input(module, x, approx, bias_mode=bias, structure=structure)
                 _check(ours, a_rows, scale, structure, None)
             ks = _ks(structure, d, groups)
-            ours = tnderiv.kfac_factors_input(module, x, approx, bias=bias, structure=structure, K=ks if groups > 1 else ks[0])
+            ours = tnderiv.kfac_factors_input(module, x, approx, bias_mode=bias, structure=structure, K=ks if groups > 1 else ks[0])
             _check(ours, a_rows, scale, structure, ks)
 
 
@@ -158,7 +158,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match=r"K has shape \[4, 4\]; expected \[5, 5\]"):
         tnderiv.kfac_factors_input(module, x, structure="diagonal", K=torch.eye(4))
     with pytest.raises(ValueError, match=r"K has shape \[5, 5\]; expected \[6, 6\]"):
-        tnderiv.kfac_factors_input(module, x, bias="append", structure="diagonal", K=torch.eye(5))
+        tnderiv.kfac_factors_input(module, x, bias_mode="append", structure="diagonal", K=torch.eye(5))
     with pytest.raises(ValueError, match=r"K has shape \[5, 5\]; expected \[7, 7\]"):
         tnderiv.kfac_factors_output(module, g, hessian_sqrt=False, structure="diagonal", K=torch.eye(5))
     with pytest.raises(ValueError, match="with unreduced=True is not supported"):

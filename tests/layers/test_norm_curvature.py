@@ -58,7 +58,7 @@ def test_ggn_matches_dense_jacobian(config: NormConfig) -> None:
         shape = tuple(value.shape)
 
         def ggn(kind: str, per_sample: bool = False, name: str = name) -> torch.Tensor:
-            return tnderiv.ggn(spec, x, sqrt_out, param=name, kind=kind, per_sample=per_sample, **params, **stats)
+            return tnderiv.ggn(spec, x, sqrt_out, params=name, kind=kind, per_sample=per_sample, **params, **stats)
 
         torch.testing.assert_close(ggn("block"), torch.einsum("mnp,mnq->pq", v, v).reshape(shape + shape), **TOL)
         torch.testing.assert_close(ggn("diag"), torch.einsum("mnp,mnp->p", v, v).reshape(shape), **TOL)
@@ -90,7 +90,7 @@ def test_ggn_of_a_module_from_its_loss_hessian_sqrt() -> None:
         module(x).detach().reshape(-1)
     )
     expected = jac.T @ hess @ jac
-    torch.testing.assert_close(tnderiv.ggn(module, x, sqrt_out, param="weight"), expected, **TOL)
+    torch.testing.assert_close(tnderiv.ggn(module, x, sqrt_out, params="weight"), expected, **TOL)
     assert loss(module.weight.detach()).ndim == 0
 
 
@@ -100,7 +100,7 @@ def test_training_batchnorm_refuses_per_sample_statistics() -> None:
     with pytest.raises(ValueError, match="couples the samples"):
         tnderiv.grad_stats(spec, x, torch.randn_like(x))
     with pytest.raises(ValueError, match="couples the samples"):
-        tnderiv.ggn(spec, x, torch.randn(2, *x.shape, dtype=x.dtype), param="weight", per_sample=True)
+        tnderiv.ggn(spec, x, torch.randn(2, *x.shape, dtype=x.dtype), params="weight", per_sample=True)
 
 
 def test_training_batchnorm_batch_ggn() -> None:
@@ -108,5 +108,5 @@ def test_training_batchnorm_batch_ggn() -> None:
     x, params, stats = split_tensors(config.tensors(2))
     sqrt_out = torch.randn((2, *x.shape), dtype=x.dtype, generator=torch.Generator().manual_seed(3))
     v = _oracle_sqrt_vjp(config, x, params, stats, sqrt_out, "weight")
-    got = tnderiv.ggn(config.spec(), x, sqrt_out, param="weight", **params)
+    got = tnderiv.ggn(config.spec(), x, sqrt_out, params="weight", **params)
     torch.testing.assert_close(got, torch.einsum("mnp,mnq->pq", v, v), **TOL)

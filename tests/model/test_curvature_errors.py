@@ -31,7 +31,7 @@ def mlp():
         ({"fisher": "bogus"}, ValueError, r"fisher='bogus' is not supported; expected one of \['type-2', 'mc', 'empirical', 'forward-only'\]"),
         ({"approx": "bogus"}, ValueError, "approx='bogus' is not supported; expected one of 'expand', 'reduce'"),
         ({"loss_average": "bogus"}, ValueError, "loss_average='bogus' is not supported"),
-        ({"kfac_bias": "bogus"}, ValueError, "bias='bogus' is not supported; expected one of 'separate', 'append'"),
+        ({"kfac_bias": "bogus"}, ValueError, "kfac_bias='bogus' is not supported; expected one of 'separate', 'append'"),
         ({"mc_samples": 0}, ValueError, "mc_samples=0: expected an int ≥ 1"),
         ({"generator": 3}, TypeError, "generator must be a torch.Generator or None, got int"),
         ({"memory_limit": 0}, ValueError, "memory_limit=0: expected a number of bytes ≥ 1"),

@@ -22,6 +22,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Literal
 
 import sympy
 
@@ -58,10 +59,13 @@ class BiasMode(str, enum.Enum):
     APPEND = "append"
 
     @classmethod
-    def parse(cls, value: object) -> BiasMode:
-        return _parse_enum(cls, "bias", value)
+    def parse(cls, value: object, name: str = "bias_mode") -> BiasMode:
+        return _parse_enum(cls, name, value)
 
 
+ApproxName = Literal["expand", "reduce"]
+BiasModeName = Literal["separate", "append"]
+LossAverage = Literal["batch", "batch+positions"] | None
 LOSS_AVERAGES: tuple[str | None, ...] = (None, "batch", "batch+positions")
 
 
@@ -360,7 +364,10 @@ _register()
 
 __all__ = [
     "Approx",
+    "ApproxName",
     "BiasMode",
+    "BiasModeName",
+    "LossAverage",
     "Factor",
     "Glued",
     "KFACSplit",

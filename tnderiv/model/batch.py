@@ -9,6 +9,7 @@ Each parameter is computed on one of two paths:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -315,7 +316,7 @@ def _add_exact(a: ExactCurvature, b: ExactCurvature) -> ExactCurvature:
 def _ggn_derived(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str, q: str) -> torch.Tensor:
     """The layer's own GGN quantity; a diagonal runs glued or as squared columns, as the planner scores them (plan.gram)."""
     kind = {"ggn_diag": "diag", "per_sample_ggn_diag": "diag", "ggn_block": "block", "ggn_gram": "gram"}[q]
-    return api_ggn.ggn(owner.module, x, s, param=local, kind=kind, per_sample=q == "per_sample_ggn_diag")
+    return api_ggn.ggn(owner.module, x, s, params=local, kind=kind, per_sample=q == "per_sample_ggn_diag")
 
 
 def _tiled_psg(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str) -> torch.Tensor:
@@ -327,16 +328,16 @@ def _tiled_psg(owner: Owner, x: torch.Tensor, s: torch.Tensor, local: str) -> to
 
 
 def _kfac_derived(owner: Owner, run: Pass, x: torch.Tensor, s: torch.Tensor, opts: Options) -> Any:
-    # a bias left out by params=: the weight's own block (with bias="append" it would be joined to the bias)
+    # a bias left out by params=: the weight's own block (with bias_mode="append" it would be joined to the bias)
     bias = opts.kfac_bias if set(owner.local) >= set(_own_params(owner)) else "separate"
     if opts.fisher in ("empirical", "forward-only"):
         g = s[0] / math.sqrt(run.divisor)  # back to the output gradient: loss_average rescales it
-        k = api_kfac.kfac(owner.module, x, g, approx=opts.approx, bias=bias, loss_average=opts.loss_average)
+        k = api_kfac.kfac(owner.module, x, g, approx=opts.approx, bias_mode=bias, loss_average=opts.loss_average)
         if opts.fisher == "forward-only":
             eye = torch.eye(k.G.shape[-1], dtype=k.G.dtype, device=k.G.device).expand_as(k.G).clone()
             k = rebuild_kfac(k, G=eye, G_bias=None if k.G_bias is None else eye.clone())
         return _only_selected(k, owner)
-    return _only_selected(api_kfac.kfac(owner.module, x, s, approx=opts.approx, bias=bias, loss_average=opts.loss_average), owner)
+    return _only_selected(api_kfac.kfac(owner.module, x, s, approx=opts.approx, bias_mode=bias, loss_average=opts.loss_average), owner)
 
 
 def _own_params(owner: Owner) -> list[str]:
@@ -351,7 +352,7 @@ def _only_selected(k: Any, owner: Owner) -> Any:
     blocks = tuple(b for b in k.blocks if all(layout.name in keep for layout in b.layouts))
     params = tuple(p for p in k.params if p.name in keep)
     a_bias, g_bias = (k.A_bias, k.G_bias) if "bias" in keep else (None, None)
-    return api_kfac.KFAC(blocks, params, k.A, k.G, a_bias, g_bias, k.approx, k.bias, k.plans)
+    return dataclasses.replace(k, blocks=blocks, params=params, A_bias=a_bias, G_bias=g_bias)
 
 
 def _sum_kfac(parts: list[Any]) -> Any:
@@ -371,7 +372,7 @@ def rebuild_kfac(k: Any, **factors: Any) -> Any:
     blocks = tuple(
         api_kfac.KroneckerBlock(b.layouts, swap.get(id(b.left), b.left), swap.get(id(b.right), b.right), b.weights) for b in k.blocks
     )
-    return api_kfac.KFAC(blocks, k.params, new["A"], new["G"], new["A_bias"], new["G_bias"], k.approx, k.bias, k.plans)
+    return dataclasses.replace(k, blocks=blocks, **new)
 
 
 def _materialized_cols(owner: Owner, i: int, local: str, run: Pass, cols: dict[Key, list[Any]], fallback: Any) -> torch.Tensor:

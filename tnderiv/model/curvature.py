@@ -37,7 +37,7 @@ class Curvature:
 
     ``fisher``: ``"type-2"`` (exact loss-Hessian square root), ``"mc"`` (``mc_samples`` sampled columns from
     ``generator``), ``"empirical"`` (the gradients), or, for KFAC only, ``"forward-only"`` (``G = I``).
-    ``approx``, ``loss_average`` and ``kfac_bias`` mean what ``approx``, ``loss_average`` and ``bias`` mean
+    ``approx``, ``loss_average`` and ``kfac_bias`` mean what ``approx``, ``loss_average`` and ``bias_mode`` mean
     for ``tnderiv.kfac``. ``params`` selects parameters (names, modules or a predicate ``(name, p) → bool``;
     default: all trainable). ``memory_limit`` (bytes) chunks the pulled-back columns. A module without a KFAC
     (fallback, tied or repeated parameters) gets its exact GGN block, or its diagonal when it has more than
@@ -79,7 +79,7 @@ class Curvature:
             fisher,
             Approx.parse(approx).value,
             parse_loss_average(loss_average),
-            BiasMode.parse(kfac_bias).value,
+            BiasMode.parse(kfac_bias, "kfac_bias").value,
             mc_samples,
             generator,
             memory_limit,

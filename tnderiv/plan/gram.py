@@ -58,6 +58,7 @@ class GramPlan:
         *,
         strategy: Strategy = "auto",
         lags: bool | None = False,
+        simplify: bool = True,
         memory_limit: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
@@ -78,9 +79,9 @@ class GramPlan:
         self.copy_scale = 1.0
         self.lags: LagProgram | None = None
         if strategy != "glued" and glued.staged and (strategy == "materialize" or self._worth_materializing(like)):
-            self._plan_materialized(optimize, check, memory_limit)
+            self._plan_materialized(optimize, check, simplify, memory_limit)
         if strategy == "glued" or self.half is None or strategy == "auto" and not glued.staged_first:
-            self._plan_glued(optimize, check, memory_limit)
+            self._plan_glued(optimize, check, simplify, memory_limit)
         self.strategy = self._choose(strategy)
         if strategy == "auto" and lags is not False and glued_lags(glued.glued) is not None:
             scale = float(_bound(glued.glued, glued, self.bindings, self.sizes).coefficient)  # type: ignore[union-attr]
@@ -103,10 +104,10 @@ class GramPlan:
         elements = math.prod(self.sizes[leg] for leg in self.glued.half_legs if leg in self.sizes)
         return self.glued.staged_first or elements * _itemsize(like) <= MATERIALIZE_LIMIT
 
-    def _plan_materialized(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+    def _plan_materialized(self, optimize: Any, check: Check, simplify: bool, memory_limit: int | None) -> None:
         glued = self.glued
         assert glued.half is not None and glued.gram is not None
-        self.half = get_plan(glued.half, self._shapes_of(glued.half), self._like, optimize, check, memory_limit=memory_limit)
+        self.half = get_plan(glued.half, self._shapes_of(glued.half), self._like, optimize, check, simplify=simplify, memory_limit=memory_limit)
         shape = self.half.out_shape
         gram = _bound(glued.gram, glued, self.bindings, self.sizes)
         shapes = {glued.half_name: shape}
@@ -116,16 +117,16 @@ class GramPlan:
             self.copy_scale = float(gram.coefficient)
             gram = gram.replace(coefficient=1)
             shapes[glued.copy_name] = shape
-        self.gram = get_plan(gram, shapes, self._like, optimize, memory_limit=memory_limit)
+        self.gram = get_plan(gram, shapes, self._like, optimize, simplify=simplify, memory_limit=memory_limit)
         copy = MOVE_COST * 2 * math.prod(shape) if glued.copy_name else 0.0
         self.scores["half"] = self.half.score
         self.scores["materialize"] = self.half.score + self.gram.score + copy
         self.flops_of["half"] = self.half.flops
         self.flops_of["materialize"] = self.half.flops + self.gram.flops
 
-    def _plan_glued(self, optimize: Any, check: Check, memory_limit: int | None) -> None:
+    def _plan_glued(self, optimize: Any, check: Check, simplify: bool, memory_limit: int | None) -> None:
         expr = _bound(self.glued.glued, self.glued, self.bindings, self.sizes)
-        self.glued_plan = get_plan(expr, self._shapes_of(expr), self._like, optimize, check, memory_limit=memory_limit)
+        self.glued_plan = get_plan(expr, self._shapes_of(expr), self._like, optimize, check, simplify=simplify, memory_limit=memory_limit)
         self.scores["glued"] = self.glued_plan.score
         self.flops_of["glued"] = self.glued_plan.flops
 
@@ -267,11 +268,12 @@ def get_gram_plan(
     *,
     strategy: Strategy = "auto",
     lags: bool | None = False,
+    simplify: bool = True,
     memory_limit: int | None = None,
 ) -> GramPlan:
     """The ``GramPlan`` of ``glued`` for these shapes on ``like``'s backend, device and dtype (cached with the plans)."""
-    key = plan_key(glued, shapes, like, optimize, strategy, lags, memory_limit)
-    build = lambda: GramPlan(glued, shapes, like, optimize, check, strategy=strategy, lags=lags, memory_limit=memory_limit)  # noqa: E731
+    key = plan_key(glued, shapes, like, optimize, strategy, lags, bool(simplify), memory_limit)
+    build = lambda: GramPlan(glued, shapes, like, optimize, check, strategy=strategy, lags=lags, simplify=simplify, memory_limit=memory_limit)  # noqa: E731
     return cached_plan(key, build)
 
 
