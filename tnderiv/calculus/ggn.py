@@ -16,6 +16,7 @@ from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import vjp
 from tnderiv.ir import Expression, Node, NodeKind, make_sum, size_symbol, terms_of
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 SQRT_OUT = "sqrt_out"
 STACK_LEG = "m"
@@ -73,8 +74,6 @@ def sqrt_vjp(network: LayerNetwork, param: str, *, per_sample: bool = False) -> 
 
 
 def _simplified(expr: Expression) -> Expression:
-    from tnderiv.simplify import simplify
-
     result = simplify(expr)
     assert not isinstance(result, tuple)
     return result  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from tnderiv.calculus.quantities import derive
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, materialized_half
 from tnderiv.ir import Expression, terms_of
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,6 @@ class Glued:
 def glued_statistic(network: LayerNetwork, stat: str, param: str) -> Glued:
     """Statistic ``stat`` of ``param``'s per-sample gradients as a glued quantity: the glued network (as
     ``derive`` gives it), or the per-sample gradients ``[N, *param]`` then the statistic on them."""
-    from tnderiv.simplify import simplify
-
     half = derive(network, f"per_sample_grad_{param}")
     gram = simplify(STATISTICS[stat].build(materialized_half(half)))
     assert not isinstance(gram, tuple)
@@ -92,8 +91,6 @@ COLUMNS = "columns"  # the evaluated columns V[m, n, *param] of a GGN quantity
 def glued_ggn_diag(network: LayerNetwork, param: str, per_sample: bool = False) -> Glued:
     """The GGN diagonal of ``param`` as a glued quantity: the glued network (as ``derive`` gives it), or the
     columns ``V[m, n, *param]`` (each column of ``sqrt_out`` pulled back per sample), then ``Σ V²``."""
-    from tnderiv.simplify import simplify
-
     columns = sqrt_vjp(network, param, per_sample=per_sample)
     gram = simplify(diag_of(materialized_half(columns, COLUMNS), per_sample))
     assert not isinstance(gram, tuple)

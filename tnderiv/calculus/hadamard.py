@@ -26,6 +26,7 @@ from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import derivative
 from tnderiv.ir import Diagram, Expression, Node, NodeKind, make_sum, operand, terms_of
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 DIAG_OUT = "diag_out"
 SQUARED = "_sq"  # suffix of a squared operand: weight_sq = weight ** 2
@@ -109,8 +110,6 @@ def squared_operands(expr: Expression) -> Expression:
 
 
 def _simplified(expr: Expression) -> Expression:
-    from tnderiv.simplify import simplify
-
     result = simplify(expr)
     assert not isinstance(result, tuple)
     return result  # type: ignore[return-value]

@@ -33,6 +33,7 @@ from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import vjp as vjp_of
 from tnderiv.ir import Diagram, DiagramSum, Expression, Node, NodeKind, ones, operand
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 COTANGENT = "grad_out"
 # the copy-tensor rules only: the split reads leg names, which later rules may merge or squeeze
@@ -171,8 +172,6 @@ def split_vjp(network: LayerNetwork, param: str = "weight", group_legs: tuple[st
 
 
 def _simplify(expr: Expression, rules: Sequence[str] | None = None) -> Expression:
-    from tnderiv.simplify import simplify
-
     result = simplify(expr, rules=rules)
     assert not isinstance(result, tuple) and isinstance(result, (Diagram, DiagramSum))
     return result

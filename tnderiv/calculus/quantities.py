@@ -10,6 +10,7 @@ from typing import Literal, get_args
 from tnderiv.calculus.surgery import jvp, vjp
 from tnderiv.ir import Expression, Registry
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 Builder = Callable[[LayerNetwork, str | None], Expression]
 WrtKind = Literal["none", "operand", "param"]  # no operand; any operand (inputs or params); a parameter
@@ -77,8 +78,6 @@ def _examples(kind: QuantityKind, network: LayerNetwork) -> str:
 @lru_cache(maxsize=512)
 def derive(network: LayerNetwork, quantity: str, simplified: bool = True) -> Expression:
     """The (simplified) diagram of ``quantity`` for ``network``."""
-    from tnderiv.simplify import simplify
-
     kind, wrt = parse_quantity(quantity, network)
     expr = kind.build(network, wrt)
     if simplified:

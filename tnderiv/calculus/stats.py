@@ -24,6 +24,7 @@ from tnderiv.calculus.quantities import register_quantity
 from tnderiv.calculus.surgery import vjp
 from tnderiv.ir import Diagram, DiagramSum, Expression, Registry, make_sum, operand, terms_of
 from tnderiv.layers.base import LayerNetwork
+from tnderiv.simplify import simplify
 
 PER_SAMPLE_GRAD = "per_sample_grad"
 
@@ -67,8 +68,6 @@ def get_statistic(name: object) -> Statistic:
 
 def per_sample_half(network: LayerNetwork, param: str) -> Expression:
     """The per-sample gradient network ``[N, *param]`` (simplified, so its copy gets plain leg names)."""
-    from tnderiv.simplify import simplify
-
     if network.couples_batch:
         raise ValueError("gradient statistics need per-sample gradients, which are undefined for a layer that couples the samples of a batch")
     result = simplify(vjp(network.forward, param, keep_open=(network.batch_leg,)))
