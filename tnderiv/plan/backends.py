@@ -62,6 +62,24 @@ class Backend:
             return bool(array.is_complex())
         return array.dtype.kind == "c"
 
+    def full(self, value: float, like: Any) -> Any:
+        """A 0-d array holding ``value`` with ``like``'s dtype and device."""
+        if self.is_torch:
+            import torch
+
+            return torch.full((), value, dtype=like.dtype, device=like.device)
+        import cupy  # type: ignore[import-not-found]
+
+        return cupy.full((), value, dtype=like.dtype)
+
+    def broadcast_to(self, array: Any, shape: tuple[int, ...]) -> Any:
+        """A broadcast view of ``array`` with ``shape`` (no copy)."""
+        if self.is_torch:
+            return array.expand(*shape)
+        import cupy  # type: ignore[import-not-found]
+
+        return cupy.broadcast_to(array, shape)
+
     def concatenate(self, arrays: list[Any], axis: int) -> Any:
         """``arrays`` joined along ``axis`` (``torch.cat`` or ``cupy.concatenate``)."""
         if self.is_torch:

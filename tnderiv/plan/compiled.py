@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -35,6 +35,18 @@ ShapeMap = Mapping[str, tuple[int, ...]]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class _Version:
+    """One version of a term (as derived, or after the plan-stage rules) with its best candidate order."""
+
+    time: float
+    diagram: Diagram
+    rewrites: tuple[str, ...]
+    network: Network
+    sizes: dict[str, int]
+    candidate: Candidate | None
+
+
 class TermPlan:
     """One term compiled for bound sizes on one backend, device and dtype: ``run(operands)`` → user layout."""
 
@@ -42,6 +54,7 @@ class TermPlan:
         self.source = term
         bound = concrete(term, bindings)
         backend = backend_of(like)
+        self.backend = backend
         self.backend_name = backend.name
         self.itemsize = _itemsize(like)
         explicit = not isinstance(optimize, str) and isinstance(optimize, Sequence)
@@ -63,7 +76,7 @@ class TermPlan:
             sizes = {leg: int(size) for leg, size in diagram.sizes.items()}
             inputs = network.inputs()
             if not inputs:
-                best = (0.0, diagram, rewrites, network, sizes, None)
+                best = _Version(0.0, diagram, rewrites, network, sizes, None)
                 break
             if isinstance(optimize, str) and optimize == "auto":
                 named = candidate_paths(inputs, network.out_legs, sizes, backend.name)
@@ -76,11 +89,11 @@ class TermPlan:
                 label = "rewritten" if rewrites else "as derived"
                 ranked = [replace(c, name=f"{label}: {c.name}") for c in ranked]
             chosen = next(c for c in ranked if c.chosen)
-            if best is None or chosen.time < best[0]:
-                best = (chosen.time, diagram, rewrites, network, sizes, chosen)
+            if best is None or chosen.time < best.time:
+                best = _Version(chosen.time, diagram, rewrites, network, sizes, chosen)
             self.candidates.extend(ranked)
         assert best is not None
-        _, bound, self.rewrites, self.network, self.sizes, chosen = best
+        bound, self.rewrites, self.network, self.sizes, chosen = best.diagram, best.rewrites, best.network, best.sizes, best.candidate
         self.candidates = [replace(c, chosen=c is chosen) for c in self.candidates]
         self.term: Diagram = bound
         self.coefficient = float(bound.coefficient)
@@ -122,7 +135,7 @@ class TermPlan:
     def run(self, operands: Mapping[str, Any]) -> Any:
         """The term's value in the user's layout (size 1 along broadcast axes unless ``full``)."""
         if self.program is None:
-            out = _scalar(self._like, self.coefficient, self.backend_name)
+            out = self.backend.full(self.coefficient, self._like)
         else:
             out = self.program(operands)
             if self.coefficient != 1.0:
@@ -133,7 +146,7 @@ class TermPlan:
         if self._expand is not None:
             keep, full = self._expand
             out = out.reshape(keep)
-            out = out.expand(*full) if self.backend_name == "torch" else _cupy_broadcast(out, full)
+            out = self.backend.broadcast_to(out, full)
         if self._reshape is not None:
             out = out.reshape(self._reshape)
         return out
@@ -179,24 +192,8 @@ class TermPlan:
         return peak
 
 
-def _scalar(like: Any, value: float, backend: str) -> Any:
-    if backend == "torch":
-        import torch
-
-        return torch.full((), value, dtype=like.dtype, device=like.device)
-    import cupy  # type: ignore[import-not-found]
-
-    return cupy.full((), value, dtype=like.dtype)
-
-
 def _broadcast(array: Any, shape: tuple[int, ...]) -> Any:
-    return array.expand(*shape) if hasattr(array, "expand") else _cupy_broadcast(array, shape)
-
-
-def _cupy_broadcast(array: Any, shape: tuple[int, ...]) -> Any:
-    import cupy  # type: ignore[import-not-found]
-
-    return cupy.broadcast_to(array, shape)
+    return backend_of(array).broadcast_to(array, shape)
 
 
 def _empty_like(like: Any) -> Any:
