@@ -170,42 +170,17 @@ def _build_call(
     optimize: Any,
     options: tuple[bool, Any],
 ) -> _Call | _EmptyCall:
-    """Check the tensors, derive the quantity's diagram and plan it (the cold path)."""
+    """The cold path: check the tensors, derive the quantity's diagram and plan it."""
     like = check_tensors(given)
     shapes = {name: tuple(array.shape) for name, array in given.items()}
-    rank_shapes = dict(shapes)
     kind, _, wrt = quantity.partition("_")
-    if output_shape is not None and kind == "vjp":
-        rank_shapes.setdefault(wrt, tuple(output_shape))
-    if "tangent" in shapes and kind == "jvp":
-        # the tangent is shaped like the operand: it tells the rank of x (weight-sharing legs of Linear)
-        rank_shapes.setdefault(wrt, shapes["tangent"])
-    network = spec.network(rank_shapes)
-    if kind in ("vjp", "jvp") and wrt not in network.operands:
-        raise ValueError(f"unknown operand {wrt!r} in quantity {quantity!r}; this layer has {list(network.operands)}")
-    for name in PARAMS:
-        if tensors.get(name) is not None and name not in network.operands:
-            raise ValueError(f"{name}= was given but {spec} has no {name}; its operands are {list(network.operands)}")
-    if kind == "jvp" and wrt in network.params and output_shape is None:
-        # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
-        output_shape = _output_shape(network, dict(given))
-    if output_shape is not None and kind == "vjp":
-        axes = _forward_axes(network, wrt)
-        if axes is not None and len(output_shape) != len(axes):
-            expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
-            raise ValueError(
-                f"the shape {tuple(output_shape)} given for {wrt} (x_shape= or {wrt}=) has {len(output_shape)} axes; "
-                f"expected {len(axes)} axes {expected}"
-            )
+    network = spec.network(_rank_shapes(kind, wrt, shapes, output_shape))
+    _check_request(network, spec, quantity, kind, wrt, tensors)
+    output_shape = _checked_output_shape(network, kind, wrt, output_shape, given)
     simplify, memory_limit = options
     expr = derive(network, quantity, simplify)
     needed = expr.operand_names
-    prepare = None
-    if network.prepare is not None and any(name in network.derived for name in needed):
-        prepare = network.prepare
-        derived = dict(given)
-        derived.update(prepare(derived))
-        shapes.update({name: tuple(derived[name].shape) for name in network.derived if name in derived})
+    prepare = _derived_operands(network, needed, given, shapes)
     missing = [name for name in needed if name not in shapes]
     if missing:
         raise ValueError(_missing_message(quantity, spec, missing))
@@ -218,6 +193,54 @@ def _build_call(
         return _EmptyCall(*empty_value(expr, plan_shapes, network.check_sizes))
     plan = get_plan(expr, plan_shapes, like, optimize, network.check_sizes, simplify=simplify, memory_limit=memory_limit)
     return _Call(tuple(needed), plan, prepare, f"{quantity} of {spec}")
+
+
+def _rank_shapes(kind: str, wrt: str, shapes: dict[str, tuple[int, ...]], output_shape: Sequence[int] | None) -> dict[str, tuple[int, ...]]:
+    """The shapes that tell the network its ranks (a dense layer's weight-sharing legs), the result's and a tangent's included."""
+    rank_shapes = dict(shapes)
+    if output_shape is not None and kind == "vjp":
+        rank_shapes.setdefault(wrt, tuple(output_shape))
+    if "tangent" in shapes and kind == "jvp":
+        # the tangent is shaped like the operand: it tells the rank of x (weight-sharing legs of Linear)
+        rank_shapes.setdefault(wrt, shapes["tangent"])
+    return rank_shapes
+
+
+def _check_request(network: LayerNetwork, spec: Any, quantity: str, kind: str, wrt: str, tensors: Mapping[str, Any]) -> None:
+    """Raise for an unknown operand in the quantity, or a weight/bias given to a layer without one."""
+    if kind in ("vjp", "jvp") and wrt not in network.operands:
+        raise ValueError(f"unknown operand {wrt!r} in quantity {quantity!r}; this layer has {list(network.operands)}")
+    for name in PARAMS:
+        if tensors.get(name) is not None and name not in network.operands:
+            raise ValueError(f"{name}= was given but {spec} has no {name}; its operands are {list(network.operands)}")
+
+
+def _checked_output_shape(
+    network: LayerNetwork, kind: str, wrt: str, output_shape: Sequence[int] | None, given: dict[str, Any]
+) -> Sequence[int] | None:
+    """The result's shape where the operands do not tell it (a parameter's JVP), checked against the operand's axes (VJPs)."""
+    if kind == "jvp" and wrt in network.params and output_shape is None:
+        # a parameter's tangent (e.g. a bias broadcast over n, o..) does not tell the output's shape
+        return _output_shape(network, dict(given))
+    if output_shape is not None and kind == "vjp":
+        axes = _forward_axes(network, wrt)
+        if axes is not None and len(output_shape) != len(axes):
+            expected = "[" + ", ".join(" ".join(a) for a in axes) + "]"
+            raise ValueError(
+                f"the shape {tuple(output_shape)} given for {wrt} (x_shape= or {wrt}=) has {len(output_shape)} axes; "
+                f"expected {len(axes)} axes {expected}"
+            )
+    return output_shape
+
+
+def _derived_operands(network: LayerNetwork, needed: Sequence[str], given: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Any:
+    """``network.prepare`` where the diagram reads operands the forward derives (x̂), whose shapes join ``shapes``; else None."""
+    if network.prepare is None or not any(name in network.derived for name in needed):
+        return None
+    derived = dict(given)
+    derived.update(network.prepare(derived))
+    shapes.update({name: tuple(derived[name].shape) for name in network.derived if name in derived})
+    return network.prepare
 
 
 def _missing_message(quantity: str, spec: Any, missing: list[str]) -> str:
