@@ -84,10 +84,10 @@ def test_bad_targets(mlp, loss_fn: nn.Module, y, error: type, match: str) -> Non
 @pytest.mark.parametrize(
     ("quantities", "error", "match"),
     [
-        (("hessian",), ValueError, r"unknown quantity 'hessian'; expected one of \['grad', 'per_sample_grad'"),
+        (("hessian",), ValueError, r"unknown model quantity 'hessian'; valid model quantities are \['batch_dot', 'batch_l2'"),
         ((), ValueError, "no quantities requested; expected names from"),
         (3, TypeError, "quantities=3: expected a name or a sequence of names"),
-        ((None,), ValueError, "unknown quantity None"),
+        ((None,), ValueError, "unknown model quantity None"),
     ],
 )
 def test_bad_quantities(mlp, quantities, error: type, match: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tnderiv.ir.registry import UnknownNameError
 from tnderiv.model.reduce import STATS
 
 GRAD = "grad"
@@ -27,7 +28,7 @@ def parse_quantities(quantities: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"no quantities requested; expected names from {list(QUANTITIES)}")
     for name in names:
         if not isinstance(name, str) or name not in QUANTITIES:
-            raise ValueError(f"unknown quantity {name!r}; expected one of {list(QUANTITIES)}")
+            raise UnknownNameError("model quantity", name, QUANTITIES, plural="model quantities")
     return tuple(dict.fromkeys(names))
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tnderiv.ir.registry import Registry, UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -66,7 +68,7 @@ class CacheEntry:
     plans_per_entry: int = 0
 
 
-_REGISTRY: dict[str, CacheEntry] = {}
+_REGISTRY: Registry[str, CacheEntry] = Registry("cache", plural="caches")
 
 
 def register_cache(
@@ -74,7 +76,7 @@ def register_cache(
 ) -> None:
     """Add a cache to ``cache_info``/``clear_caches``: an ``LRUCache`` or a ``functools.lru_cache`` function, read through ``get``."""
     if name in _REGISTRY:
-        raise ValueError(f"cache {name!r} is registered twice")
+        raise _REGISTRY.duplicate(name)
 
     def info() -> CacheInfo:
         cache = get()
@@ -87,7 +89,7 @@ def register_cache(
         cache = get()
         cache.clear() if isinstance(cache, LRUCache) else cache.cache_clear()  # type: ignore[union-attr]
 
-    _REGISTRY[name] = CacheEntry(name, what, info, clear, plans_per_entry)
+    _REGISTRY.register(name, CacheEntry(name, what, info, clear, plans_per_entry))
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class CachesInfo:
     plans_bound: int
 
     def __getitem__(self, name: str) -> CacheInfo:
+        if name not in self.caches:
+            raise UnknownNameError("cache", name, self.caches, plural="caches")
         return self.caches[name]
 
     def __str__(self) -> str:
