@@ -77,6 +77,7 @@ class GramPlan:
         self.half: Plan | None = None
         self.gram: Plan | None = None
         self.copy_scale = 1.0
+        self._scale_result = False
         self.lags: LagProgram | None = None
         if strategy != "glued" and glued.staged and (strategy == "materialize" or self._worth_materializing(like)):
             self._plan_materialized(optimize, check, simplify, memory_limit)
@@ -112,13 +113,15 @@ class GramPlan:
         gram = _bound(glued.gram, glued, self.bindings, self.sizes)
         shapes = {glued.half_name: shape}
         if glued.copy_name:
-            # the copy is passed pre-multiplied: a pass over the half, not over the (larger) result
+            # the coefficient scales the smaller of the half's copy and the result, in one pass
             assert isinstance(gram, Diagram), "a Gram on a scaled copy is one diagram"
             self.copy_scale = float(gram.coefficient)
             gram = gram.replace(coefficient=1)
             shapes[glued.copy_name] = shape
         self.gram = get_plan(gram, shapes, self._like, optimize, simplify=simplify, memory_limit=memory_limit)
-        copy = MOVE_COST * 2 * math.prod(shape) if glued.copy_name else 0.0
+        result = math.prod(self.gram.out_shape)
+        self._scale_result = bool(glued.copy_name) and result <= math.prod(shape) and all(t.fresh for t in self.gram.term_plans)
+        copy = MOVE_COST * 2 * min(math.prod(shape), result) if glued.copy_name else 0.0
         self.scores["half"] = self.half.score
         self.scores["materialize"] = self.half.score + self.gram.score + copy
         self.flops_of["half"] = self.half.flops
@@ -171,8 +174,12 @@ class GramPlan:
         """The Gram on an evaluated half (``[*half_axes]``, as ``half`` returns it)."""
         assert self.gram is not None
         given = {self.glued.half_name: half}
-        if self.glued.copy_name:
-            given[self.glued.copy_name] = half * self.copy_scale
+        if not self.glued.copy_name:
+            return self.gram.execute(given)
+        if self._scale_result:
+            given[self.glued.copy_name] = half
+            return self.gram.execute(given).mul_(self.copy_scale)
+        given[self.glued.copy_name] = half * self.copy_scale
         return self.gram.execute(given)
 
     def __call__(self, operands: Mapping[str, Any] | None = None, **named: Any) -> Any:
