@@ -55,14 +55,16 @@ def selected(case: Case, extra: bool) -> bool:
 def _direct(p: Problem, quantity: str) -> Callable[[], Any]:
     """The quantity's plans built under the current ``FUSED_GATHERS``, held and run without checks."""
     from tnderiv.api import _network
-    from tnderiv.api_kfac import Approx, BiasMode, _input_side
+    from tnderiv.calculus.kfac import Approx, input_factor
+    from tnderiv.plan.gram import get_gram_plan
 
     if quantity == "kfac_A_expand":
-        spec = weight_only_spec(p)
-        side = _input_side(_network(spec, {"x": tuple(p.x.shape)}), {"x": p.x}, Approx.EXPAND, BiasMode.SEPARATE, "auto", False)
-        gram, given = side.plan, {"x": p.x}
-        scale = p.x.shape[0] * _positions(p)  # tnderiv averages; the oracle sums
-        return lambda: gram.run(given)[0].reshape(side.dims()[0], side.dims()[1], -1) * scale
+        network = _network(weight_only_spec(p), {"x": tuple(p.x.shape)})
+        _, factor = input_factor(network, Approx.EXPAND)
+        # the GramPlan kfac_factors_input runs (strategy and lags chosen by the cost model)
+        gram = get_gram_plan(factor, {"x": tuple(p.x.shape)}, p.x, "auto", network.check_sizes, strategy="auto", lags=None)
+        given, scale = {"x": p.x}, p.x.shape[0] * _positions(p)  # tnderiv averages; the oracle sums
+        return lambda: gram.run(given)[0] * scale
     if quantity == "forward":
         operands = {"x": p.x, **{name: t.detach() for name, t in p.module.named_parameters()}}
         plan = tnderiv.plan(p.module, {k: tuple(v.shape) for k, v in operands.items()}, quantity="forward", dtype=p.x.dtype)
