@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from tnderiv.api import _module_params, _network, check_tensors, run_quantity
+from tnderiv.api import _module_params, _network, cached_call, check_tensors, run_quantity
 from tnderiv.calculus import derive
 from tnderiv.calculus import ggn as _ggn  # noqa: F401  (registers the GGN quantities)
 from tnderiv.calculus.gram import Glued, glued_ggn_diag, glued_statistic
@@ -18,6 +18,7 @@ from tnderiv.plan.cache import register_cache
 from tnderiv.plan.compiled import Plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.gram import GramPlan, Strategy, get_gram_plan
+from tnderiv.plan.keys import call_key
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 GGNKind = Literal["block", "diag", "gram"]
@@ -91,7 +92,7 @@ def _ggn_of(
 def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sample: bool, optimize: Any, memory_limit: int | None) -> Any:
     """The GGN diagonal as a glued quantity: the glued network or the columns then ``Σ V²``, as the planner scores them."""
     form = glued_ggn_diag(network, param, per_sample)
-    inputs = _inputs(network, [form.glued, form.source], given)
+    inputs = _inputs(network, tuple(dict.fromkeys((*form.glued.operand_names, *form.source.operand_names))), given)
     plan = _gram_plan(form, inputs, like, (optimize, True, memory_limit), network, "auto")
     plan.check_memory(f"the GGN diagonal of {param}")
     return plan.run(inputs)[0]
@@ -243,38 +244,61 @@ def grad_stats(
         return _empty_stats(network, names, chosen, given, like)
     forced = None if strategy == "auto" else strategy
     opts = (optimize, simplify, memory_limit)
-    for param in chosen:
-        forms = {stat: glued_statistic(network, stat, param) for stat in names}
-        inputs = _inputs(network, [e for form in forms.values() for e in (form.glued, form.source)], given)
-        planned = {stat: _gram_plan(form, inputs, like, opts, network, forced or "auto") for stat, form in forms.items()}
-        use = _choose(names, forced, planned)
-        plans = {
-            stat: plan if plan.strategy == use[stat] else _gram_plan(forms[stat], inputs, like, opts, network, use[stat])
-            for stat, plan in planned.items()
-        }
+    key = call_key(("grad_stats", network, names, chosen, forced), given, optimize, bool(simplify), memory_limit)
+    planned = cached_call(key, lambda: {param: _plan_param(network, names, param, given, like, opts, forced) for param in chosen})
+    for param, per in planned.items():
+        inputs = _inputs(network, per.needed, given)
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
-            plans[stat].check_memory(f"{stat} of {param}")
+            per.plans[stat].check_memory(f"{stat} of {param}")
         half = None
         for stat in names:
-            plan = plans[stat]
+            plan = per.plans[stat]
             if plan.strategy == "materialize":
                 if half is None:  # the per-sample gradients once, shared by every statistic that materializes them
                     half = plan.half.execute(inputs)  # type: ignore[union-attr]
                 values[stat][param] = plan.run_gram(half)
             else:
                 values[stat][param] = plan.run(inputs)[0]
-            scores, flops = planned[stat].scores | plan.scores, planned[stat].flops_of | plan.flops_of
-            choices[stat][param] = StatChoice(
-                stat=stat,
-                param=param,
-                strategy=plan.strategy,
-                glued_cost=scores.get("glued"),
-                materialize_cost=scores.get("materialize"),
-                glued_flops=flops.get("glued"),
-                materialize_flops=flops.get("materialize"),
-                plans=plan.plans,
-            )
+            choices[stat][param] = per.choices[stat]
     return GradStats(values, choices)
+
+
+@dataclass(frozen=True)
+class _ParamStats:
+    """The statistics of one parameter, planned: the operands they read, a plan and a choice per statistic."""
+
+    needed: tuple[str, ...]
+    plans: Mapping[str, GramPlan]
+    choices: Mapping[str, StatChoice]
+
+
+def _plan_param(
+    network: Any, names: tuple[str, ...], param: str, given: dict[str, Any], like: Any, opts: tuple[Any, bool, int | None], forced: str | None
+) -> _ParamStats:
+    """Plan every statistic of ``param`` both ways (unless forced) and choose jointly (the per-sample gradients are shared)."""
+    forms = {stat: glued_statistic(network, stat, param) for stat in names}
+    needed = tuple(dict.fromkeys(name for form in forms.values() for e in (form.glued, form.source) for name in e.operand_names))
+    inputs = _inputs(network, needed, given)
+    planned = {stat: _gram_plan(form, inputs, like, opts, network, forced or "auto") for stat, form in forms.items()}
+    use = _choose(names, forced, planned)
+    plans = {
+        stat: plan if plan.strategy == use[stat] else _gram_plan(forms[stat], inputs, like, opts, network, use[stat])
+        for stat, plan in planned.items()
+    }
+    choices = {}
+    for stat, plan in plans.items():
+        scores, flops = planned[stat].scores | plan.scores, planned[stat].flops_of | plan.flops_of
+        choices[stat] = StatChoice(
+            stat=stat,
+            param=param,
+            strategy=plan.strategy,  # type: ignore[arg-type]
+            glued_cost=scores.get("glued"),
+            materialize_cost=scores.get("materialize"),
+            glued_flops=flops.get("glued"),
+            materialize_flops=flops.get("materialize"),
+            plans=plan.plans,
+        )
+    return _ParamStats(needed, plans, choices)
 
 
 def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, opts: tuple[Any, bool, int | None], network: Any, strategy: str) -> GramPlan:
@@ -291,7 +315,7 @@ def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], 
     for param in chosen:
         for stat in names:
             expr = derive(network, f"{stat}_{param}")
-            shape, fill = empty_value(expr, _shapes(expr, _inputs(network, [expr], given)), network.check_sizes)
+            shape, fill = empty_value(expr, _shapes(expr, _inputs(network, expr.operand_names, given)), network.check_sizes)
             values[stat][param] = filled(like, shape, fill)
             choices[stat][param] = StatChoice(stat=stat, param=param, strategy="empty")
     return GradStats(values, choices)
@@ -320,9 +344,8 @@ def plan_cost(plan: Plan) -> float:
 register_cache("statistics", "statistics of per-sample gradients as glued quantities (glued and materialized forms)", lambda: glued_statistic)
 
 
-def _inputs(network: Any, exprs: Iterable[Expression], given: dict[str, Any]) -> dict[str, Any]:
-    """The tensors ``exprs`` need (derived operands prepared), raising naming missing ones."""
-    needed = list(dict.fromkeys(name for expr in exprs for name in expr.operand_names))
+def _inputs(network: Any, needed: Sequence[str], given: dict[str, Any]) -> dict[str, Any]:
+    """The tensors named ``needed`` (derived operands prepared), raising naming missing ones."""
     if network.prepare is not None and any(name in network.derived for name in needed):
         given = {**given, **network.prepare(given)}
     missing = [name for name in needed if name not in given]
