@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import tnderiv
-from tnderiv import api, api_kfac
+from tnderiv import api
+from tnderiv.calculus.stats import STATISTICS
 from tnderiv.plan import compiled
 from tnderiv.plan.cache import LRUCache
 
@@ -23,7 +24,8 @@ def test_cache_info_names_every_cache():
     for name in ("calls", "plans", "constants", "patterns", "derivations", "layouts", "module specs"):
         assert name in info.caches, name
     assert "kfac" not in info.caches  # KFAC runs through the call and plan caches, like every quantity
-    assert info.plans_bound == 4 * info["calls"].maxsize + 2 * info["plans"].maxsize
+    per_call = max(4, 2 * len(STATISTICS))  # a KFAC side, or half and Gram of every statistic of one parameter
+    assert info.plans_bound == per_call * info["calls"].maxsize + 2 * info["plans"].maxsize
     assert "compiled plans" in str(info)
 
 
@@ -60,7 +62,7 @@ def test_live_plans_level_off_at_the_documented_bound(monkeypatch: pytest.Monkey
     gc.collect()
     baseline = live_plans()
     bound = tnderiv.cache_info().plans_bound
-    assert bound == 4 * 6 + 2 * 6
+    assert bound == max(4, 2 * len(STATISTICS)) * 6 + 2 * 6
     lin = torch.nn.Linear(2, 2)
     counts = []
     for n in range(1, 61):
@@ -70,6 +72,9 @@ def test_live_plans_level_off_at_the_documented_bound(monkeypatch: pytest.Monkey
             tnderiv.forward(lin, torch.randn(n, 3, 2), memory_limit=64)  # chunked: its chunk plans come from the plan cache
         if n % 4 == 0:
             tnderiv.kfac(lin, x, torch.randn(n, 2))
+        if n % 5 == 0:  # glued quantities: a GramPlan per statistic, one for the GGN diagonal
+            tnderiv.grad_stats(lin, x, torch.randn(n, 2))
+            tnderiv.ggn(lin, x, torch.randn(3, n, 2), kind="diag")
         if n % 10 == 0:
             counts.append(live_plans() - baseline)
     assert max(counts) <= bound, counts

@@ -7,6 +7,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from tnderiv.calculus import derive, parse_quantity
+from tnderiv.calculus.stats import STATISTICS
 from tnderiv.ir import Diagram, DiagramSum, Expression, terms_of
 from tnderiv.layers.base import MODULE_SPECS, LayerNetwork, spec_of
 from tnderiv.plan.backends import backend_of
@@ -114,8 +115,14 @@ def _grad_enabled() -> bool:
 
 
 CALL_CACHE: LRUCache[_Call | _EmptyCall] = LRUCache(maxsize=512)
-# a warm call keeps one plan alive; a KFAC side up to four (its factor's half and Gram, the bias cross term's)
-register_cache("calls", "warm calls by call_key (spec and quantity, shapes, dtypes, devices, options), KFAC sides", lambda: CALL_CACHE, 4)
+def _plans_per_call() -> int:
+    """What one call-cache entry keeps alive at most: a warm call one plan; a KFAC side four (its factor's half and
+    Gram, the bias cross term's); a parameter's statistics two per statistic (half and Gram), one request holding
+    each registered statistic at most once."""
+    return max(4, 2 * len(STATISTICS))
+
+
+register_cache("calls", "warm calls by call_key (spec and quantity, shapes, dtypes, devices, options), KFAC sides", lambda: CALL_CACHE, _plans_per_call)
 register_cache("derivations", "derived diagrams by (layer network, quantity, simplify)", lambda: derive)
 register_cache("module specs", "specs of torch modules and their settings (weak keys: max 0 = one per live module)", lambda: MODULE_SPECS)
 

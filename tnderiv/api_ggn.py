@@ -91,11 +91,15 @@ def _ggn_of(
 
 def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sample: bool, optimize: Any, memory_limit: int | None) -> Any:
     """The GGN diagonal as a glued quantity: the glued network or the columns then ``Σ V²``, as the planner scores them."""
-    form = glued_ggn_diag(network, param, per_sample)
-    inputs = _inputs(network, tuple(dict.fromkeys((*form.glued.operand_names, *form.source.operand_names))), given)
-    plan = _gram_plan(form, inputs, like, (optimize, True, memory_limit), network, "auto")
+
+    def build() -> tuple[GramPlan, tuple[str, ...]]:
+        form = glued_ggn_diag(network, param, per_sample)
+        needed = tuple(dict.fromkeys((*form.glued.operand_names, *form.source.operand_names)))
+        return _gram_plan(form, _inputs(network, needed, given), like, (optimize, True, memory_limit), network, "auto"), needed
+
+    plan, needed = cached_call(call_key(("ggn diag", network, param, per_sample), given, optimize, memory_limit), build)
     plan.check_memory(f"the GGN diagonal of {param}")
-    return plan.run(inputs)[0]
+    return plan.run(_inputs(network, needed, given))[0]
 
 
 def loss_hessian_sqrt(
@@ -244,9 +248,9 @@ def grad_stats(
         return _empty_stats(network, names, chosen, given, like)
     forced = None if strategy == "auto" else strategy
     opts = (optimize, simplify, memory_limit)
-    key = call_key(("grad_stats", network, names, chosen, forced), given, optimize, bool(simplify), memory_limit)
-    planned = cached_call(key, lambda: {param: _plan_param(network, names, param, given, like, opts, forced) for param in chosen})
-    for param, per in planned.items():
+    for param in chosen:
+        key = call_key(("grad_stats", network, names, param, forced), given, optimize, bool(simplify), memory_limit)
+        per = cached_call(key, lambda param=param: _plan_param(network, names, param, given, like, opts, forced))
         inputs = _inputs(network, per.needed, given)
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
             per.plans[stat].check_memory(f"{stat} of {param}")

@@ -65,14 +65,18 @@ class CacheEntry:
     what: str
     info: Callable[[], CacheInfo]
     clear: Callable[[], None]
-    plans_per_entry: int = 0
+    plans_per_entry: int | Callable[[], int] = 0
+
+    def plans_bound(self, maxsize: int) -> int:
+        per = self.plans_per_entry() if callable(self.plans_per_entry) else self.plans_per_entry
+        return maxsize * per
 
 
 _REGISTRY: Registry[str, CacheEntry] = Registry("cache", plural="caches")
 
 
 def register_cache(
-    name: str, what: str, get: Callable[[], LRUCache | Callable], plans_per_entry: int = 0
+    name: str, what: str, get: Callable[[], LRUCache | Callable], plans_per_entry: int | Callable[[], int] = 0
 ) -> None:
     """Add a cache to ``cache_info``/``clear_caches``: an ``LRUCache`` or a ``functools.lru_cache`` function, read through ``get``."""
     if name in _REGISTRY:
@@ -121,7 +125,7 @@ class CachesInfo:
 def cache_info() -> CachesInfo:
     """Every cache of tnderiv: size, bound, hits and misses, and the bound on plans they keep alive."""
     infos = {name: entry.info() for name, entry in _REGISTRY.items()}
-    bound = sum(infos[name].maxsize * entry.plans_per_entry for name, entry in _REGISTRY.items())
+    bound = sum(entry.plans_bound(infos[name].maxsize) for name, entry in _REGISTRY.items())
     return CachesInfo(infos, {name: entry.what for name, entry in _REGISTRY.items()}, bound)
 
 
