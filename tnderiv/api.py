@@ -133,8 +133,8 @@ def cached_call(key: Hashable | None, build: Callable[[], T]) -> T:
 
 
 def clear_caches() -> None:
-    """Forget everything cached (``tnderiv.cache_info()`` lists it): warm calls, compiled plans, prepared KFAC
-    factors, constants on the host and on devices, derived diagrams. The next call of each quantity plans again."""
+    """Forget everything cached (``tnderiv.cache_info()`` lists it): warm calls (KFAC sides included), compiled plans,
+    constants on the host and on devices, derived diagrams. The next call of each quantity plans again."""
     clear_all_caches()
 
 
