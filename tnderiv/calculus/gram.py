@@ -64,6 +64,12 @@ class Glued:
     staged_first: bool = False
 
     @property
+    def exact_key(self) -> tuple:
+        """Equal only for identical forms (see ``Diagram.exact_key``): a cheap cache key."""
+        forms = tuple(None if e is None else e.exact_key for e in (self.glued, self.source, self.half, self.gram))
+        return ("glued", forms, self.half_name, self.half_axes, self.copy_name, self.scale, self.staged_first)
+
+    @property
     def half_legs(self) -> tuple[str, ...]:
         return tuple(leg for axis in self.half_axes for leg in axis)
 

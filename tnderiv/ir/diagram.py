@@ -94,6 +94,12 @@ class Diagram(Drawable):
     def _structure(self) -> tuple:
         return (self.nodes, self.open_legs, tuple(self.sizes.items()), self.coefficient, self.open_groups)
 
+    @property
+    def exact_key(self) -> tuple:
+        """Equal only for identical diagrams (same leg names): cheap to hash, unlike the canonical hash, for
+        caches where a renamed copy may miss (and be planned again) but must never be confused."""
+        return ("diagram", self._structure)
+
     def __hash__(self) -> int:
         return hash(self.canonical_hash)
 
@@ -227,6 +233,11 @@ class DiagramSum(Drawable):
     @cached_property
     def canonical_hash(self) -> str:
         return "+".join(sorted(t.canonical_hash for t in self.terms))
+
+    @property
+    def exact_key(self) -> tuple:
+        """As ``Diagram.exact_key``, term by term in order."""
+        return ("sum", tuple(t.exact_key for t in self.terms))
 
     def __hash__(self) -> int:
         return hash(self.canonical_hash)

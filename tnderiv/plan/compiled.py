@@ -69,7 +69,7 @@ class TermPlan:
             # order wins (checked on 206 plans), and ranking a version that differs only in them doubles the cost
             squeezed = run_rules(bound, rules=LEG_RULES)
             assert isinstance(squeezed, Diagram)
-            legs = () if squeezed == bound else LEG_RULES
+            legs = () if squeezed.exact_key == bound.exact_key else LEG_RULES
             versions = [(squeezed, ())]
             derivation = run_rules(squeezed, trace=True, stage="plan")
             rewrites = tuple(dict.fromkeys(step.rule for step in derivation.steps))  # type: ignore[union-attr]

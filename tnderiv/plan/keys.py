@@ -29,8 +29,11 @@ def shapes_key(shapes: Mapping[str, Sequence[int]]) -> tuple[tuple[str, tuple[in
 
 
 def plan_key(what: Hashable, shapes: Mapping[str, Sequence[int]], like: Any, optimize: Any, *options: Hashable) -> Hashable:
-    """The key of a compiled plan of ``what`` (a diagram, a glued quantity) for these operand shapes on ``like``."""
-    return (what, shapes_key(shapes), place(like), cache_key(optimize), *options)
+    """The key of a compiled plan of ``what`` (a diagram, a glued quantity) for these operand shapes on ``like``.
+
+    A diagram is keyed by its exact structure (``exact_key``), not its canonical hash: hashing a diagram made
+    for one call (sizes bound, coefficient a number) costs milliseconds, and a renamed copy only plans again."""
+    return (getattr(what, "exact_key", what), shapes_key(shapes), place(like), cache_key(optimize), *options)
 
 
 def call_key(what: Hashable, tensors: Mapping[str, Any], optimize: Any, *options: Hashable) -> Hashable | None:
