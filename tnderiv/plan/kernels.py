@@ -220,13 +220,8 @@ class MatmulKernel(Kernel):
     """
 
     def __init__(self, a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> None:
-        best = None
-        for swap, (left, right) in ((False, (a, b)), (True, (b, a))):
-            for copied, left_how, right_how, out_legs, out_shape in _matmul_layouts(left.legs, right.legs, out, sizes):
-                if best is None or copied < best[0]:
-                    best = (copied, swap, left_how, right_how, out_legs, out_shape)
-        assert best is not None
-        self.copied, self.swap, self.left, self.right, self.out_legs, self.out_shape = best
+        self.copied, self.swap, choice = _best_matmul(a, b, out, sizes)
+        self.left, self.right, self.out_legs, self.out_shape = _layout(*choice, sizes)
         self.kind = "batched GEMM" if set(a.legs) & set(b.legs) & out else "GEMM"
         flops = dense_flops([a, b], self.out_legs, sizes)
         moved = _size(a.legs, sizes) + _size(b.legs, sizes) + _size(self.out_legs, sizes) + self.copied
@@ -242,12 +237,21 @@ class MatmulKernel(Kernel):
 
 
 def matmul_copies(a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> int:
-    """Input elements the best matmul layout copies (inputs assumed contiguous in their leg order)."""
-    return min(
-        copied
-        for left, right in ((a, b), (b, a))
-        for copied, *_ in _matmul_layouts(left.legs, right.legs, out, sizes)
-    )
+    """Input elements the best matmul layout copies (inputs assumed contiguous in their leg order): what
+    ``MatmulKernel`` chooses by, computed without building the layouts."""
+    return _best_matmul(a, b, out, sizes)[0]
+
+
+def _best_matmul(a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> tuple[int, bool, tuple]:
+    """``(copied elements, inputs swapped, layout choice)`` of the layout that copies least (first on ties)."""
+    best = None
+    for swap, (left, right) in ((False, (a, b)), (True, (b, a))):
+        for choice in _matmul_choices(left.legs, right.legs, out):
+            copied = _copies(*choice, sizes)
+            if best is None or copied < best[0]:
+                best = (copied, swap, choice)
+    assert best is not None
+    return best
 
 
 def matmul_applies(a: StepInput, b: StepInput, out: set[str]) -> bool:
@@ -282,8 +286,8 @@ def _blocks_in_order(legs: Sequence[str], prefix: Sequence[str], blocks: Sequenc
     return False, False
 
 
-def _matmul_layouts(left: tuple[str, ...], right: tuple[str, ...], out: set[str], sizes: Mapping[str, int]):
-    """Candidate layouts ``(copied elements, left_first, left_how, right_how, out_legs, out_shape)``."""
+def _matmul_choices(left: tuple[str, ...], right: tuple[str, ...], out: set[str]):
+    """Candidate layouts ``(left, right, batch, contracted, left lead, right lead, rows, cols)`` by leg names."""
     batch = [leg for leg in left if leg in right and leg in out]
     contracted = [leg for leg in left if leg in right and leg not in out]
     left_free = [leg for leg in left if leg not in right]
@@ -299,7 +303,17 @@ def _matmul_layouts(left: tuple[str, ...], right: tuple[str, ...], out: set[str]
                     le, re = lead_left[:el], lead_right[:er]
                     m = [leg for leg in left_free if leg not in le]
                     n = [leg for leg in right_free if leg not in re]
-                    yield _layout(left, right, batch_order, k_order, le, re, m, n, sizes)
+                    yield (left, right, batch_order, k_order, le, re, m, n)
+
+
+def _copies(left, right, batch, k, le, re, m, n, sizes) -> int:  # noqa: ANN001
+    """Elements a layout copies: an input whose legs are not ``[*batch, *lead, rows, cols]`` in order (or with rows
+    and columns swapped, a transposed view) is permuted into a copy."""
+    copied = 0
+    for legs, prefix, rows, cols in ((left, [*batch, *le], m, k), (right, [*batch, *re], k, n)):
+        if not _blocks_in_order(legs, prefix, (rows, cols))[0]:
+            copied += _size(legs, sizes)
+    return copied
 
 
 def _leading(legs: Sequence[str], free: Sequence[str]) -> list[str]:
@@ -311,7 +325,8 @@ def _leading(legs: Sequence[str], free: Sequence[str]) -> list[str]:
     return out
 
 
-def _layout(left, right, batch, k, le, re, m, n, sizes):
+def _layout(left, right, batch, k, le, re, m, n, sizes):  # noqa: ANN001, ANN202
+    """The views of a layout choice: how each input is arranged, and the output's legs and shape."""
     def how(legs, prefix_dims, ones_before, ones_after, rows, cols):
         """Permutation, shape and transpose flag for ``[*prefix, rows, cols]`` (with broadcast size-1 dims)."""
         prefix = list(prefix_dims)
@@ -323,11 +338,10 @@ def _layout(left, right, batch, k, le, re, m, n, sizes):
         r, c = _size(rows, sizes), _size(cols, sizes)
         mat = [c, r] if (ok and swapped) else [r, c]
         shape = tuple(batch_shape + [1] * ones_before + extra + [1] * ones_after + mat)
-        copied = 0 if ok else _size(legs, sizes)
-        return (perm, shape, bool(ok and swapped)), copied
+        return perm, shape, bool(ok and swapped)
 
-    left_how, left_copy = how(left, list(batch) + list(le), 0, len(re), m, k)
-    right_how, right_copy = how(right, list(batch) + list(re), len(le), 0, k, n)
+    left_how = how(left, list(batch) + list(le), 0, len(re), m, k)
+    right_how = how(right, list(batch) + list(re), len(le), 0, k, n)
     out_legs = tuple(batch) + tuple(le) + tuple(re) + tuple(m) + tuple(n)
     out_shape = tuple(sizes[leg] for leg in out_legs)
-    return left_copy + right_copy, left_how, right_how, out_legs, out_shape
+    return left_how, right_how, out_legs, out_shape
