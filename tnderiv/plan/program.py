@@ -101,32 +101,60 @@ def _const_kind(t: StepInput) -> NodeKind | None:
     return t.node.kind if t.node is not None else None
 
 
-def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str) -> StepCost:
-    """The cost of a step under the structure-aware model, by the kernel that would run it."""
-    out = set(out_legs)
-    size = math.prod(sizes[leg] for leg in out_legs)
-    dense = dense_flops(inputs, out_legs, sizes)
+@dataclass(frozen=True)
+class StepMatch:
+    """Which kernel runs a step, decided once for both ranking (``step_cost``) and building (``build_kernel``).
+
+    ``kind``: ``"folded"`` (constants only), ``"conv"``, ``"gather"`` (fused gathers), ``"sparse"`` (one data
+    input and one copy tensor or pattern), ``"matmul"`` (torch.matmul on views) or ``"einsum"``; ``detail``
+    what the match found (the convolution or gather match, the ``(data, constant)`` pair)."""
+
+    kind: str
+    detail: Any = None
+
+
+def match_step(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str) -> StepMatch:
+    """The kernel kind that runs this step on ``backend``."""
     if all(t.constant for t in inputs):
-        return StepCost("folded", dense, 0, 0, size)
+        return StepMatch("folded")
+    out = set(out_legs)
     if backend == "torch":
         match = match_conv(inputs, out, sizes)
         if match is not None:
-            return conv_cost(match, inputs, sizes, dense, size)
+            return StepMatch("conv", match)
         gather = match_gather(inputs, out, sizes) if gathers.FUSED_GATHERS else None
         if gather is not None:
-            return gather_cost(gather, inputs, out_legs, sizes)
+            return StepMatch("gather", gather)
         sparse = _sparse_pair(inputs)
         if sparse is not None:
-            data, const = sparse
-            data_size = math.prod(sizes[leg] for leg in data.legs)
-            kind = _sparse_kind(data, const, out)
-            if kind == "scatter":
-                return StepCost(kind, dense, data_size, data_size + 2 * size, size)
-            return StepCost(kind, dense, 0, data_size + size, size)
+            return StepMatch("sparse", sparse)
+        if len(inputs) == 2 and matmul_applies(inputs[0], inputs[1], out):
+            return StepMatch("matmul")
+    return StepMatch("einsum")
+
+
+def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapping[str, int], backend: str) -> StepCost:
+    """The cost of a step under the structure-aware model, by the kernel that would run it (``match_step``)."""
+    size = math.prod(sizes[leg] for leg in out_legs)
+    dense = dense_flops(inputs, out_legs, sizes)
+    match = match_step(inputs, out_legs, sizes, backend)
+    if match.kind == "folded":
+        return StepCost("folded", dense, 0, 0, size)
+    if match.kind == "conv":
+        return conv_cost(match.detail, inputs, sizes, dense, size)
+    if match.kind == "gather":
+        return gather_cost(match.detail, inputs, out_legs, sizes)
+    if match.kind == "sparse":
+        data, const = match.detail
+        data_size = math.prod(sizes[leg] for leg in data.legs)
+        kind = _sparse_kind(data, const, set(out_legs))
+        if kind == "scatter":
+            return StepCost(kind, dense, data_size, data_size + 2 * size, size)
+        return StepCost(kind, dense, 0, data_size + size, size)
     kind = einsum_kind([t.legs for t in inputs], out_legs)
     moved = 0 if kind == "transpose" else sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs) + size
-    if kind in ("GEMM", "batched GEMM") and len(inputs) == 2 and backend == "torch" and matmul_applies(*inputs, out):
-        return StepCost(kind, dense, dense, moved + matmul_copies(inputs[0], inputs[1], out, sizes), size)
+    if match.kind == "matmul":
+        return StepCost(kind, dense, dense, moved + matmul_copies(inputs[0], inputs[1], set(out_legs), sizes), size)
     return StepCost(kind, dense, dense, moved, size)
 
 
@@ -157,23 +185,20 @@ def _sparse_kind(data: StepInput, const: StepInput, out: set[str]) -> str:
 
 
 def build_kernel(inputs: Sequence[StepInput], out_legs: Sequence[str], final: bool, sizes: Mapping[str, int], backend: str, like: Any) -> Kernel:
-    """The kernel that runs a step (constant-only steps get an einsum that runs once, at build time)."""
-    out = set(out_legs)
-    if backend == "torch" and not all(t.constant for t in inputs):
-        match = match_conv(inputs, out, sizes)
-        if match is not None:
-            return ConvKernel(match, inputs, sizes, like)
-        gather = match_gather(inputs, out, sizes) if gathers.FUSED_GATHERS else None
-        if gather is not None:
-            return GatherKernel(gather, inputs, out_legs, final, sizes, like)
-        sparse = _sparse_pair(inputs)
-        if sparse is not None:
-            return SparseKernel(sparse[0], sparse[1], out, sizes, like, data_index=next(j for j, t in enumerate(inputs) if t is sparse[0]))
-        if len(inputs) == 2 and matmul_applies(inputs[0], inputs[1], out):
-            return MatmulKernel(inputs[0], inputs[1], out, sizes)
-    order = tuple(out_legs) if final else natural_order([t.legs for t in inputs], out)
+    """The kernel that runs a step (``match_step``; constant-only steps get an einsum that runs once, at build time)."""
+    match = match_step(inputs, out_legs, sizes, backend)
+    if match.kind == "conv":
+        return ConvKernel(match.detail, inputs, sizes, like)
+    if match.kind == "gather":
+        return GatherKernel(match.detail, inputs, out_legs, final, sizes, like)
+    if match.kind == "sparse":
+        data, const = match.detail
+        return SparseKernel(data, const, set(out_legs), sizes, like, data_index=next(j for j, t in enumerate(inputs) if t is data))
+    if match.kind == "matmul":
+        return MatmulKernel(inputs[0], inputs[1], set(out_legs), sizes)
+    order = tuple(out_legs) if final else natural_order([t.legs for t in inputs], set(out_legs))
     kernel = EinsumKernel(inputs, order, sizes, backend)
-    if all(t.constant for t in inputs):
+    if match.kind == "folded":
         kernel.kind = "folded"
         kernel.cost = StepCost("folded", kernel.cost.flops_dense, 0, 0, kernel.cost.size)
     return kernel
