@@ -65,11 +65,14 @@ def ggn_plans(p: Problem) -> tuple[dict[str, GramPlan], dict[str, Any]]:
 
 
 def square_sum(half: torch.Tensor, dims: tuple[int, ...] = (0, 1)) -> torch.Tensor:
-    """``Σ_dims half²`` reducing one axis at a time, the one with the largest stride first (the half's memory order)."""
+    """``Σ_dims half²`` in the half's memory order (axes by decreasing stride), the outermost summed axis first."""
     squared = half * half  # elementwise: keeps the half's memory layout
-    for dim in sorted(dims, key=lambda d: -squared.stride(d)):
-        squared = squared.sum(dim, keepdim=True)
-    return squared.squeeze(dims)
+    order = sorted(range(squared.dim()), key=lambda d: -squared.stride(d))
+    view = squared.permute(order)  # contiguous when the half is dense
+    for i, pos in enumerate(sorted(order.index(d) for d in dims)):
+        view = view.sum(pos - i)
+    kept = [d for d in order if d not in dims]  # the kept axes, in memory order
+    return view.permute([kept.index(d) for d in sorted(kept)])
 
 
 def ggn_calls(p: Problem) -> tuple[dict[str, Callable[[], Any]], dict[str, GramPlan]]:
@@ -229,6 +232,36 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ms(times: dict[str, Any], way: str) -> str:
+    return f"{times[way]['median_s'] * 1e3:.1f}" if way in times else "–"
+
+
+def table(data: dict[str, Any]) -> str:
+    """The per-layer markdown table of a results file (milliseconds, interleaved medians)."""
+    head = (
+        "| layer | GGN: auto runs | scores glued / materialize (M) | glued | materialize | half+square | auto | auto/best | chosen/best "
+        "| stats: auto runs | glued | materialize | auto | auto/best |\n|" + "---|" * 14
+    )
+    lines = [head]
+    short = {"sum_grad_squared": "sgs", "batch_l2": "l2", "variance": "var", "batch_dot": "dot"}
+    for r in data["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['layer']} | failed: {r['failed'][:120]} |" + " |" * 12)
+            continue
+        g, s = r["ggn_diag"], r["grad_stats"]
+        gt, st = g.get("times", {}), s.get("times", {})
+        sc = g["scores"]
+        scores = " / ".join(f"{sc[w] / 1e6:,.0f}" if sc.get(w) else "–" for w in ("glued", "materialize"))
+        chosen = set(s["auto_choices"].values())
+        runs = chosen.pop() if len(chosen) == 1 else ", ".join(f"{short[k]}:{v[0]}" for k, v in s["auto_choices"].items())
+        lines.append(
+            f"| {r['layer']} | {g['auto_strategy']} | {scores} | {_ms(gt, 'glued')} | {_ms(gt, 'materialize')} | "
+            f"{_ms(gt, 'half+square')} | {_ms(gt, 'auto')} | {g.get('ratio', float('nan')):.2f} | {g.get('choice_ratio', float('nan')):.2f} | "
+            f"{runs} | {_ms(st, 'glued')} | {_ms(st, 'materialize')} | {_ms(st, 'auto')} | {s.get('ratio', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_glued", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "glued.json")
@@ -237,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="PATTERN", help="layers whose id contains PATTERN")
     parser.add_argument("--no-check", action="store_true", help="skip the float64 check (not for published numbers)")
     parser.add_argument("--no-dense", action="store_true", help="skip the BERT dense layers")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return 0
 
     pinned = pin_settings("cpu", 1, False)
     cases = suite_cases("cpu") + ([] if args.no_dense else dense_cases("cpu"))
