@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -104,18 +105,23 @@ class _Side:
     def operands(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
         return {**tensors, **self.prepare(tensors)} if self.prepare is not None else dict(tensors)
 
-    def evaluate(self, tensors: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-        """``(factor [G, d, d], half [*lead, G, d] or None, the half as evaluated)``; checks the memory budget first."""
+    def evaluate(self, tensors: Mapping[str, Any], want_half: bool = False) -> tuple[Any, Any, Any]:
+        """``(factor [G, d, d], half [*lead, G, d] if wanted and evaluated else None, the half as evaluated)``;
+        checks the memory budget first."""
         self.plan.check_memory(self.label, self.options)
         value, raw = self.plan.run(self.operands(tensors))
         groups, d = self.dims()
-        half = None if raw is None else self.shape_half(raw)
+        half = self.shape_half(raw) if want_half and raw is not None else None
         return value.reshape(groups, d, d), half, raw
+
+    @cached_property
+    def _dims(self) -> tuple[int, int]:
+        sizes = self.sizes
+        return _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open]), _prod(sizes, self.own_legs)
 
     def dims(self) -> tuple[int, int]:
         """``(G, d)``: the groups and the factor's dimension, from the bound sizes."""
-        sizes = self.sizes
-        return _prod(sizes, [leg for leg in self.split.group_legs if leg in self.half_open]), _prod(sizes, self.own_legs)
+        return self._dims
 
     def shape_half(self, raw: Any) -> Any:
         """The evaluated half (``[G, *lead, d]``, group axis first) as ``[*lead, G, d]``."""
@@ -219,9 +225,9 @@ class _InputResult:
     plans: dict[str, tuple[Plan, ...]]
 
 
-def _finish_inputs(side: _Side, tensors: Mapping[str, Any]) -> _InputResult:
+def _finish_inputs(side: _Side, tensors: Mapping[str, Any], want_half: bool = False) -> _InputResult:
     """Run the input side; for a layer with a bias add ``A_bias`` (separate) or the ones row/column (append)."""
-    A, a, raw = side.evaluate(tensors)
+    A, a, raw = side.evaluate(tensors, want_half)
     plans = {"A": side.plan.plans}
     A_bias = None
     if side.corner is not None:
@@ -305,7 +311,7 @@ def kfac_factors_input(
     side = _input_side(network, tensors, approx_, bias_, opts, unreduced or struct is not None)
     if struct is not None:
         return _structured_factor(side, tensors, struct, K, side.cross is not None)
-    result = _finish_inputs(side, tensors)
+    result = _finish_inputs(side, tensors, unreduced)
     return (result.A, result.a) if unreduced else result.A
 
 
@@ -351,7 +357,7 @@ def kfac_factors_output(
     if struct is not None:
         side = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, True)
         return _structured_factor(side, tensors, struct, K, False)
-    G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, unreduced).evaluate(tensors)
+    G, g, _ = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, unreduced).evaluate(tensors, unreduced)
     return (G, g) if unreduced else G
 
 

@@ -86,6 +86,8 @@ def check_flag(name: str, value: Any) -> None:
 
 def structured_request(structure: Any, K: Any, unreduced: bool) -> Structure | None:
     """The parsed structure, or None for today's dense factor (``structure="dense"`` without ``K``)."""
+    if structure == "dense" and K is None:
+        return None
     struct = Structure.parse(structure)
     if struct.kind == "dense" and K is None:
         return None
