@@ -33,6 +33,7 @@ KernelKind = Literal[
     "GEMM",
     "batched GEMM",
     "elementwise",
+    "Hadamard sum",
     "outer product",
     "reduction",
     "transpose",

@@ -104,6 +104,37 @@ class EinsumKernel(Kernel):
         return oe.contract(self.equation, *arrays, backend=self.backend)
 
 
+# ----- Hadamard sum: two inputs on the same legs, multiplied entrywise and summed over some legs ------------
+def hadamard_applies(a: StepInput, b: StepInput, out: set[str]) -> bool:
+    """Two data inputs on the same legs, some summed: ``Σ a ⊙ b``. As a batched GEMM this is a batch of 1×K·K×1
+    products (slow: e.g. a squared per-sample gradient summed over the batch); multiplied and summed it is two passes."""
+    return not a.constant and not b.constant and set(a.legs) == set(b.legs) and bool(set(a.legs) - out)
+
+
+class HadamardKernel(Kernel):
+    """``Σ_summed a ⊙ b`` by ``torch.mul`` (``b`` viewed in ``a``'s leg order) and one ``sum``; output legs in ``a``'s order."""
+
+    kind = "Hadamard sum"
+
+    def __init__(self, a: StepInput, b: StepInput, out: set[str], sizes: Mapping[str, int]) -> None:
+        self.perm = tuple(b.legs.index(leg) for leg in a.legs)
+        self.summed = tuple(j for j, leg in enumerate(a.legs) if leg not in out)
+        self.out_legs = tuple(leg for leg in a.legs if leg in out)
+        self.cost = hadamard_cost(a, b, self.out_legs, sizes)
+
+    def __call__(self, a: Any, b: Any) -> Any:
+        if self.perm != tuple(range(len(self.perm))):
+            b = b.permute(self.perm)
+        return (a * b).sum(dim=self.summed)
+
+
+def hadamard_cost(a: StepInput, b: StepInput, out_legs: Sequence[str], sizes: Mapping[str, int]) -> StepCost:
+    """One multiply and one add per entry; the inputs read, the product written and read, the result written."""
+    size = _size(a.legs, sizes)
+    out = _size(out_legs, sizes)
+    return StepCost("Hadamard sum", 2 * size, 2 * size, 4 * size + out, out)
+
+
 # ----- gather / scatter with a 0/1 constant ------------------------------------------------------------
 class SparseKernel(Kernel):
     """Data ``T`` contracted with a 0/1 constant ``C`` (an index pattern or a copy tensor): ``C``'s nonzeros are index lists.

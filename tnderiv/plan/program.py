@@ -20,12 +20,15 @@ from tnderiv.plan.cost import StepCost
 from tnderiv.plan.gathers import GatherKernel, gather_cost, match_gather
 from tnderiv.plan.kernels import (
     EinsumKernel,
+    HadamardKernel,
     Kernel,
     MatmulKernel,
     SparseKernel,
     StepInput,
     dense_flops,
     einsum_kind,
+    hadamard_applies,
+    hadamard_cost,
     matmul_applies,
     matmul_copies,
     natural_order,
@@ -106,7 +109,8 @@ class StepMatch:
     """Which kernel runs a step, decided once for both ranking (``step_cost``) and building (``build_kernel``).
 
     ``kind``: ``"folded"`` (constants only), ``"conv"``, ``"gather"`` (fused gathers), ``"sparse"`` (one data
-    input and one copy tensor or pattern), ``"matmul"`` (torch.matmul on views) or ``"einsum"``; ``detail``
+    input and one copy tensor or pattern), ``"hadamard"`` (multiply and sum), ``"matmul"`` (torch.matmul on
+    views) or ``"einsum"``; ``detail``
     what the match found (the convolution or gather match, the ``(data, constant)`` pair)."""
 
     kind: str
@@ -128,6 +132,8 @@ def match_step(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapp
         sparse = _sparse_pair(inputs)
         if sparse is not None:
             return StepMatch("sparse", sparse)
+        if len(inputs) == 2 and hadamard_applies(inputs[0], inputs[1], out):
+            return StepMatch("hadamard")
         if len(inputs) == 2 and matmul_applies(inputs[0], inputs[1], out):
             return StepMatch("matmul")
     return StepMatch("einsum")
@@ -151,6 +157,8 @@ def step_cost(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mappi
         if kind == "scatter":
             return StepCost(kind, dense, data_size, data_size + 2 * size, size)
         return StepCost(kind, dense, 0, data_size + size, size)
+    if match.kind == "hadamard":
+        return hadamard_cost(inputs[0], inputs[1], out_legs, sizes)
     kind = einsum_kind([t.legs for t in inputs], out_legs)
     moved = 0 if kind == "transpose" else sum(math.prod(sizes[leg] for leg in t.legs) for t in inputs) + size
     if match.kind == "matmul":
@@ -194,6 +202,8 @@ def build_kernel(inputs: Sequence[StepInput], out_legs: Sequence[str], final: bo
     if match.kind == "sparse":
         data, const = match.detail
         return SparseKernel(data, const, set(out_legs), sizes, like, data_index=next(j for j, t in enumerate(inputs) if t is data))
+    if match.kind == "hadamard":
+        return HadamardKernel(inputs[0], inputs[1], set(out_legs), sizes)
     if match.kind == "matmul":
         return MatmulKernel(inputs[0], inputs[1], set(out_legs), sizes)
     order = tuple(out_legs) if final else natural_order([t.legs for t in inputs], set(out_legs))
