@@ -43,18 +43,23 @@ def test_ggn_diagonal_either_way(name: str, strategy: str, monkeypatch: pytest.M
         torch.testing.assert_close(res[module]["per_sample_ggn_diag"][local], oracle.per_sample_ggn_diag(p), **TOL)
 
 
-def _strategy(layer: torch.nn.Module, x: torch.Tensor, s: torch.Tensor) -> str:
+def _plan(layer: torch.nn.Module, x: torch.Tensor, s: torch.Tensor) -> gram.GramPlan:
     network = _network(layer, {"x": tuple(x.shape)})
     shapes = {"x": tuple(x.shape), "sqrt_out": tuple(s.shape)}
-    return get_gram_plan(glued_ggn_diag(network, "weight"), shapes, x).strategy
+    return get_gram_plan(glued_ggn_diag(network, "weight"), shapes, x)
 
 
 def test_the_choice_follows_scores_and_the_memory_limit() -> None:
-    """The planner's scores pick the columns for a 16→32 3×3 convolution (its glued network gathers twice), but
-    not past ``MATERIALIZE_LIMIT`` (64→96 needs 89 MB of columns), and not for a dense layer."""
-    assert _strategy(torch.nn.Conv2d(16, 32, 3), torch.randn(32, 16, 15, 15), torch.randn(10, 32, 32, 13, 13)) == "materialize"
-    assert _strategy(torch.nn.Conv2d(64, 96, 3), torch.randn(32, 64, 15, 15), torch.randn(10, 32, 96, 13, 13)) == "glued"
-    assert _strategy(torch.nn.Linear(512, 10), torch.randn(32, 512), torch.randn(10, 32, 10)) == "glued"
+    """The planner's scores pick the columns for a 16→32 3×3 convolution (its glued network gathers twice); past
+    ``MATERIALIZE_LIMIT`` (64→96 needs 89 MB of columns) they are materialized in chunks of columns within it;
+    a dense layer runs glued."""
+    plan = _plan(torch.nn.Conv2d(16, 32, 3), torch.randn(32, 16, 15, 15), torch.randn(10, 32, 32, 13, 13))
+    assert plan.strategy == "materialize" and plan.chunks is None
+    plan = _plan(torch.nn.Conv2d(64, 96, 3), torch.randn(32, 64, 15, 15), torch.randn(10, 32, 96, 13, 13))
+    assert plan.strategy == "materialize" and plan.chunks is not None
+    leg, step, count = plan.chunks
+    assert leg == "m" and step * count == 10 and 32 * step * 96 * 64 * 9 * 4 <= gram.MATERIALIZE_LIMIT
+    assert _plan(torch.nn.Linear(512, 10), torch.randn(32, 512), torch.randn(10, 32, 10)).strategy == "glued"
 
 
 def test_public_ggn_diag_equals_autograd_either_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,3 +122,20 @@ def test_report_names_the_strategy_and_scores() -> None:
     assert f"runs {plan.strategy}" in text and "glued" in text and "materialize" in text
     assert repr(plan).startswith(f"<GramPlan {plan.strategy}")
     assert plan.score == plan.scores[plan.strategy] and plan.flops > 0
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_ggn_diagonal_materialized_in_chunks_equals_autograd(per_sample: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns over the materialize limit run in chunks along m (the Gram sums them additively)."""
+    from tnderiv.plan import gram
+
+    conv, x, _ = _conv()
+    s = torch.randn(6, 5, 4, 4, 4, dtype=torch.float64)
+    columns_bytes = 6 * 5 * conv.weight.numel() * 8
+    monkeypatch.setattr(gram, "MATERIALIZE_LIMIT", columns_bytes // 2)  # two chunks of three columns
+    form = glued_ggn_diag(_network(conv, {"x": tuple(x.shape)}), "weight", per_sample)
+    plan = GramPlan(form, {"x": x.shape, "sqrt_out": s.shape}, x)
+    assert plan.strategy == "materialize" and plan.chunks == ("m", 3, 2)
+    per_n = sum(_per_sample_grads(conv, x, s[m]) ** 2 for m in range(6))
+    expected = per_n if per_sample else per_n.sum(0)
+    torch.testing.assert_close(plan.run({"x": x, "sqrt_out": s})[0], expected, **TOL)

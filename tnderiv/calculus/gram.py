@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import sympy
 
-from tnderiv.calculus.ggn import diag_of, sqrt_vjp
+from tnderiv.calculus.ggn import STACK_LEG, diag_of, sqrt_vjp
 from tnderiv.calculus.quantities import derive
 from tnderiv.calculus.stats import PER_SAMPLE_GRAD, STATISTICS, materialized_half
 from tnderiv.ir import Expression, terms_of
@@ -48,7 +48,9 @@ class Glued:
     coefficient: a pass over the half instead of over the result), or a constant half (a bias's
     ones). ``source``: the expression whose operands bind every size (the uncollapsed half).
     ``scale``: the normalization by leg sizes, already in the coefficients (it may count legs the
-    evaluated half no longer has, e.g. positions summed inside the half). ``staged_first``: the two-stage
+    evaluated half no longer has, e.g. positions summed inside the half). ``chunk_leg``: a leg the Gram sums
+    additively with a coefficient independent of it (a GGN's columns ``m``), so the half may be materialized
+    in chunks along it and the Grams added. ``staged_first``: the two-stage
     form is never costlier than the glued network (true of KFAC factors: contracting the glued network
     evaluates each copy of the half, then the same Gram), so the planner need not price the flat form.
     """
@@ -62,12 +64,13 @@ class Glued:
     copy_name: str = ""
     scale: Scale = Scale()
     staged_first: bool = False
+    chunk_leg: str = ""  # a leg the Gram sums additively (coefficient independent of it): materialize in chunks along it
 
     @property
     def exact_key(self) -> tuple:
         """Equal only for identical forms (see ``Diagram.exact_key``): a cheap cache key."""
         forms = tuple(None if e is None else e.exact_key for e in (self.glued, self.source, self.half, self.gram))
-        return ("glued", forms, self.half_name, self.half_axes, self.copy_name, self.scale, self.staged_first)
+        return ("glued", forms, self.half_name, self.half_axes, self.copy_name, self.scale, self.staged_first, self.chunk_leg)
 
     @property
     def half_legs(self) -> tuple[str, ...]:
@@ -101,7 +104,7 @@ def glued_ggn_diag(network: LayerNetwork, param: str, per_sample: bool = False) 
     gram = simplify(diag_of(materialized_half(columns, COLUMNS), per_sample))
     assert not isinstance(gram, tuple)
     glued = derive(network, f"{'per_sample_' if per_sample else ''}ggn_diag_{param}")
-    return Glued(glued, columns, columns, gram, COLUMNS, terms_of(columns)[0].open_axis_groups)
+    return Glued(glued, columns, columns, gram, COLUMNS, terms_of(columns)[0].open_axis_groups, chunk_leg=STACK_LEG)
 
 
 __all__ = ["COLUMNS", "Glued", "Scale", "glued_ggn_diag", "glued_statistic"]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import sympy
 
 from tnderiv.calculus.gram import Glued
-from tnderiv.ir import Diagram, DiagramSum, Expression, make_sum, terms_of
+from tnderiv.ir import Diagram, DiagramSum, Expression, NodeKind, make_sum, terms_of
 from tnderiv.plan.bind import Bindings, bind_sizes
 from tnderiv.plan.compiled import Plan, _empty_like, _itemsize, cached_plan, get_plan
 from tnderiv.plan.cost import MOVE_COST
@@ -79,7 +79,11 @@ class GramPlan:
         self.copy_scale = 1.0
         self._scale_result = False
         self.lags: LagProgram | None = None
+        self.chunks: tuple[str, int, int] | None = None  # (leg, chunk size, chunks) when materialized in chunks
+        self._chunk_axes: dict[str, int] = {}
         if strategy != "glued" and glued.staged and (strategy == "materialize" or self._worth_materializing(like)):
+            self._plan_materialized(optimize, check, simplify, memory_limit)
+        elif strategy == "auto" and glued.staged and self._chunkable(like):
             self._plan_materialized(optimize, check, simplify, memory_limit)
         if strategy == "glued" or self.half is None or strategy == "auto" and not glued.staged_first:
             self._plan_glued(optimize, check, simplify, memory_limit)
@@ -94,6 +98,7 @@ class GramPlan:
             self.glued_plan = None  # keep only the plans that run alive
         if self.strategy != "materialize":
             self.half = self.gram = None
+            self.chunks = None
         self.plans: tuple[Plan, ...] = tuple(p for p in (self.glued_plan, self.half, self.gram) if p is not None)
         self.operand_names = (self.lags.name,) if self.lags is not None else tuple(self.plans[0].operand_names)
 
@@ -105,10 +110,37 @@ class GramPlan:
         elements = math.prod(self.sizes[leg] for leg in self.glued.half_legs if leg in self.sizes)
         return self.glued.staged_first or elements * _itemsize(like) <= MATERIALIZE_LIMIT
 
+    def _chunkable(self, like: Any) -> bool:
+        """Whether a half over ``MATERIALIZE_LIMIT`` can be materialized in chunks along ``glued.chunk_leg`` (each chunk
+        within the limit; the chunk size divides the leg): sets ``chunks`` and the operands' axes of the leg."""
+        leg = self.glued.chunk_leg
+        if not leg or not _worth_staging(self.glued.half) or leg not in self.sizes:
+            return False
+        axes = {}
+        for term in terms_of(self.glued.source):
+            for node in term.nodes:
+                if node.kind is NodeKind.OPERAND and leg in node.legs:
+                    groups = node.axis_groups
+                    if (leg,) not in groups:
+                        return False  # the leg is merged into a wider axis of the operand
+                    axes[node.name] = groups.index((leg,))
+        elements = math.prod(self.sizes[h] for h in self.glued.half_legs if h in self.sizes)
+        total, size = elements * _itemsize(like), self.sizes[leg]
+        wanted = math.ceil(total / MATERIALIZE_LIMIT)
+        step = max((d for d in range(1, size + 1) if size % d == 0 and d <= size // wanted), default=0)
+        if not axes or step < 1 or step == size or total // size * step > MATERIALIZE_LIMIT:
+            return False
+        self.chunks, self._chunk_axes = (leg, step, size // step), axes
+        return True
+
     def _plan_materialized(self, optimize: Any, check: Check, simplify: bool, memory_limit: int | None) -> None:
         glued = self.glued
         assert glued.half is not None and glued.gram is not None
-        self.half = get_plan(glued.half, self._shapes_of(glued.half), self._like, optimize, check, simplify=simplify, memory_limit=memory_limit)
+        shapes = self._shapes_of(glued.half)
+        if self.chunks is not None:
+            _, step, _ = self.chunks
+            shapes = {n: tuple(step if j == self._chunk_axes.get(n) else s for j, s in enumerate(shape)) for n, shape in shapes.items()}
+        self.half = get_plan(glued.half, shapes, self._like, optimize, check, simplify=simplify, memory_limit=memory_limit)
         shape = self.half.out_shape
         gram = _bound(glued.gram, glued, self.bindings, self.sizes)
         shapes = {glued.half_name: shape}
@@ -122,10 +154,11 @@ class GramPlan:
         result = math.prod(self.gram.out_shape)
         self._scale_result = bool(glued.copy_name) and result <= math.prod(shape) and all(t.fresh for t in self.gram.term_plans)
         copy = MOVE_COST * 2 * min(math.prod(shape), result) if glued.copy_name else 0.0
-        self.scores["half"] = self.half.score
-        self.scores["materialize"] = self.half.score + self.gram.score + copy
-        self.flops_of["half"] = self.half.flops
-        self.flops_of["materialize"] = self.half.flops + self.gram.flops
+        count = 1 if self.chunks is None else self.chunks[2]
+        self.scores["half"] = count * self.half.score
+        self.scores["materialize"] = count * (self.half.score + self.gram.score + copy)
+        self.flops_of["half"] = count * self.half.flops
+        self.flops_of["materialize"] = count * (self.half.flops + self.gram.flops)
 
     def _plan_glued(self, optimize: Any, check: Check, simplify: bool, memory_limit: int | None) -> None:
         expr = _bound(self.glued.glued, self.glued, self.bindings, self.sizes)
@@ -167,8 +200,26 @@ class GramPlan:
         if self.glued_plan is not None and self.strategy == "glued":
             return self.glued_plan.execute(operands), None
         assert self.half is not None
+        if self.chunks is not None:
+            return self._run_chunks(operands), None
         half = self.half.execute(operands)
         return self.run_gram(half), half
+
+    def _run_chunks(self, operands: Mapping[str, Any]) -> Any:
+        """The half materialized chunk by chunk along ``chunks``' leg, each chunk's Gram added to the total."""
+        assert self.chunks is not None and self.half is not None
+        _, step, count = self.chunks
+        total, owned = None, False
+        for c in range(count):
+            part = {n: a.narrow(self._chunk_axes[n], c * step, step) if n in self._chunk_axes else a for n, a in operands.items()}
+            value = self.run_gram(self.half.execute(part))
+            if total is None:
+                total = value
+            elif owned:
+                total.add_(value)
+            else:
+                total, owned = total + value, True
+        return total
 
     def run_gram(self, half: Any) -> Any:
         """The Gram on an evaluated half (``[*half_axes]``, as ``half`` returns it)."""
