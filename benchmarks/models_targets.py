@@ -162,7 +162,11 @@ FIXES: list[str] = [
     "of the gain the monkeypatched measurement showed (exact diagonal 18.6× → 11.7×) is still to take. The root "
     "fix is in the planner: recognise the two mirrored halves of a glued network as one sub-expression (compute "
     "once, square), and lower a Hadamard-product-then-sum to `(a * b).sum(dims)` instead of a batched GEMM over the "
-    "kept legs (per layer that is the unfold + GEMM time above: conv 3 1127 → ≈ 400 ms).",
+    "kept legs (per layer that is the unfold + GEMM time above: conv 3 1127 → ≈ 400 ms). *Since applied (issue 14)*: "
+    "the GGN diagonal is a glued quantity run by one `GramPlan` (`tnderiv/plan/gram.py`) for `tnderiv.ggn` and "
+    "`Curvature` alike; the columns come from one plan on the stacked `sqrt_out` (no tiled input), `Σ V²` runs as a "
+    "Hadamard sum (multiply, then sum) instead of a batched GEMM, and columns over the materialize limit (now "
+    "128 MiB) are formed in chunks along `m`. The numbers in the tables above predate this change.",
     "**Statistics of materialized per-sample gradients with torch reductions** (`tnderiv/model/batch.py`, "
     "`_derived_per_sample`, where `grad_stats` would materialize): compute `api.per_sample_grad` once and reduce it "
     "like `tnderiv.model.reduce.stat_of`, squaring once for all statistics. Measured by monkeypatching, 3C3D, 7 "

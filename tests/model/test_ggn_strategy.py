@@ -49,10 +49,12 @@ def _plan(layer: torch.nn.Module, x: torch.Tensor, s: torch.Tensor) -> gram.Gram
     return get_gram_plan(glued_ggn_diag(network, "weight"), shapes, x)
 
 
-def test_the_choice_follows_scores_and_the_memory_limit() -> None:
+def test_the_choice_follows_scores_and_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner's scores pick the columns for a 16→32 3×3 convolution (its glued network gathers twice); past
     ``MATERIALIZE_LIMIT`` (64→96 needs 89 MB of columns) they are materialized in chunks of columns within it;
     a dense layer runs glued."""
+    monkeypatch.setattr(gram, "MATERIALIZE_LIMIT", 64 << 20)
+    tnderiv.clear_caches()
     plan = _plan(torch.nn.Conv2d(16, 32, 3), torch.randn(32, 16, 15, 15), torch.randn(10, 32, 32, 13, 13))
     assert plan.strategy == "materialize" and plan.chunks is None
     plan = _plan(torch.nn.Conv2d(64, 96, 3), torch.randn(32, 64, 15, 15), torch.randn(10, 32, 96, 13, 13))
@@ -60,6 +62,7 @@ def test_the_choice_follows_scores_and_the_memory_limit() -> None:
     leg, step, count = plan.chunks
     assert leg == "m" and step * count == 10 and 32 * step * 96 * 64 * 9 * 4 <= gram.MATERIALIZE_LIMIT
     assert _plan(torch.nn.Linear(512, 10), torch.randn(32, 512), torch.randn(10, 32, 10)).strategy == "glued"
+    tnderiv.clear_caches()
 
 
 def test_public_ggn_diag_equals_autograd_either_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,10 +30,11 @@ from tnderiv.plan.lags import LagProgram, cached_lag_program
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, budget_for, check_fits, needs_check
 from tnderiv.simplify.lags import glued_lags
 
-# bytes: the largest evaluated half "auto" materializes (KFAC factors excepted: they always do). The planner's
-# scores under-price writing large per-sample columns: at 256 MiB ResNet-18's exact GGN diagonal took 3.0 s against
-# 1.5 s glued, at 64 MiB 1.38 s (3C3D: 1.21 s glued, 1.14 s at 64 MiB) — measured, one thread, batch 32
-MATERIALIZE_LIMIT = 64 << 20
+# bytes: the largest evaluated half "auto" materializes at once (KFAC factors excepted: they always do); a larger
+# one is materialized in chunks where the Gram sums a leg additively (Glued.chunk_leg), else the glued network runs.
+# Measured (one thread): BERT mlp.up's statistics (72 MiB of per-sample gradients) 780 ms glued, 362 ms materialized;
+# the earlier 64 MiB came from a time when summing squared columns ran as a batched GEMM (now a Hadamard sum).
+MATERIALIZE_LIMIT = 128 << 20
 
 Strategy = Literal["auto", "glued", "materialize"]
 STRATEGIES: tuple[str, ...] = ("auto", "glued", "materialize")
