@@ -34,3 +34,18 @@ def test_sum_of_squared_per_sample_gradients_uses_it() -> None:
 
     expected = sum(one(x[n], g[n]) ** 2 for n in range(6))
     torch.testing.assert_close(stats["sum_grad_squared"]["weight"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_strided_inputs_are_reduced_in_memory_order() -> None:
+    """An intermediate laid out as a permuted view (as a plan's half often is) gives the same sums."""
+    from tnderiv.plan.kernels import HadamardKernel, StepInput
+
+    base = torch.randn(4, 3, 5, 6, dtype=torch.float64)  # memory order [n, p, m, q]
+    view = base.permute(2, 0, 1, 3)  # legs [m, n, p, q]
+    legs = ("m", "n", "p", "q")
+    kernel = HadamardKernel(StepInput(legs, False), StepInput(legs, False), {"p", "q"}, dict(zip(legs, view.shape)))
+    assert kernel.out_legs == ("p", "q")
+    expected = np.einsum("mnpq,mnpq->pq", view.numpy(), view.numpy())
+    np.testing.assert_allclose(kernel(view, view).numpy(), expected, rtol=1e-12)
+    other = HadamardKernel(StepInput(legs, False), StepInput(legs, False), {"m", "q"}, dict(zip(legs, view.shape)))
+    np.testing.assert_allclose(other(view, view).numpy(), np.einsum("mnpq,mnpq->mq", view.numpy(), view.numpy()), rtol=1e-12)

@@ -125,7 +125,15 @@ class HadamardKernel(Kernel):
     def __call__(self, a: Any, b: Any) -> Any:
         if self.perm != tuple(range(len(self.perm))):
             b = b.permute(self.perm)
-        return (a * b).sum(dim=self.summed)
+        product = a * b  # laid out as a is (a permuted view of an intermediate, often)
+        # reduce in memory order: summing outer dims of a strided view is several times slower
+        order = sorted(range(product.dim()), key=lambda d: -product.stride(d))
+        if order == list(range(product.dim())):
+            return product.sum(dim=self.summed)
+        kept = [d for d in order if d not in self.summed]
+        summed = tuple(j for j, d in enumerate(order) if d in self.summed)
+        result = product.permute(order).sum(dim=summed)  # kept dims in memory order
+        return result.permute([kept.index(d) for d in sorted(kept)])
 
 
 def hadamard_cost(a: StepInput, b: StepInput, out_legs: Sequence[str], sizes: Mapping[str, int]) -> StepCost:
