@@ -18,6 +18,7 @@ import opt_einsum as oe
 from opt_einsum.helpers import flop_count
 
 from tnderiv.ir import Node, NodeKind, PaddingMode
+from tnderiv.plan.backends import backend_named
 from tnderiv.plan.constants import constant_array
 from tnderiv.plan.cost import StepCost
 
@@ -91,7 +92,7 @@ class EinsumKernel(Kernel):
         self.kind = einsum_kind([t.legs for t in inputs], out_legs)
         self.fresh = self.kind != "transpose"
         self.backend = backend
-        self._torch = backend == "torch" and symbols is not None
+        self._torch = backend_named(backend).is_torch and symbols is not None
         flops = dense_flops(inputs, out_legs, sizes)
         moved = 0 if self.kind == "transpose" else sum(_size(t.legs, sizes) for t in inputs) + _size(out_legs, sizes)
         self.cost = StepCost(self.kind, flops, flops, moved, _size(out_legs, sizes))

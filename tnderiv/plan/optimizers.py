@@ -12,6 +12,7 @@ from opt_einsum.paths import _PATH_OPTIONS, PathOptimizer
 
 from tnderiv.ir import NodeKind
 from tnderiv.plan import gathers
+from tnderiv.plan.backends import backend_named
 from tnderiv.plan.conv import match_conv
 from tnderiv.plan.cost import StepCost, total_time
 from tnderiv.plan.kernels import StepInput
@@ -201,7 +202,7 @@ def candidate_paths(
         return [("identity", [])] if sorted(legs[0]) == sorted(out_legs) else [("single", [(0,)])]
     found: list[tuple[str, list[tuple[int, ...]]]] = []
     structural = [("constants first", lambda cur: _constant_pair(cur))]
-    if backend == "torch":
+    if backend_named(backend).is_torch:
         structural.insert(0, ("convolution", lambda cur: _conv_groups(cur, out_legs, sizes)))
         if gathers.FUSED_GATHERS:
             structural.append(("fused gathers", lambda cur: gathers.fused_gather_group(cur, out_legs, sizes)))

@@ -14,6 +14,7 @@ from typing import Any
 
 from tnderiv.ir import Diagram, Node, NodeKind
 from tnderiv.plan import gathers
+from tnderiv.plan.backends import backend_named
 from tnderiv.plan.constants import device_cached
 from tnderiv.plan.conv import ConvKernel, conv_cost, match_conv
 from tnderiv.plan.cost import StepCost
@@ -122,7 +123,7 @@ def match_step(inputs: Sequence[StepInput], out_legs: Sequence[str], sizes: Mapp
     if all(t.constant for t in inputs):
         return StepMatch("folded")
     out = set(out_legs)
-    if backend == "torch":
+    if backend_named(backend).is_torch:
         match = match_conv(inputs, out, sizes)
         if match is not None:
             return StepMatch("conv", match)
@@ -231,6 +232,7 @@ class Program:
         self.network = network
         self._direct: tuple[tuple[str | None, LegLayout | None], ...] | None = None
         self.backend = backend
+        self._is_torch = backend_named(backend).is_torch
         self.path = [tuple(p) for p in path]
         inputs = network.inputs()
         contractions = simulate([t.legs for t in inputs], network.out_legs, self.path)
@@ -298,5 +300,5 @@ class Program:
                 values[j] = None
         result = values[self.result]
         if self.permutation is not None:
-            result = result.permute(self.permutation) if self.backend == "torch" else result.transpose(self.permutation)
+            result = result.permute(self.permutation) if self._is_torch else result.transpose(self.permutation)
         return result
