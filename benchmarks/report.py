@@ -325,7 +325,9 @@ autograd, `torch.func.vmap(grad)`, unfold + einsum (the opacus approach, written
 [einconv](https://github.com/f-dangel/einconv), [BackPACK](https://backpack.pt),
 [curvlinops](https://github.com/f-dangel/curvlinops). The layers are the real-layer suite
 (`data/conv_layers.json`; CPU: batch 8 and spatial sizes halved; GPU: batch 32 at full size) and four
-BERT-base dense layers with a sequence axis (CPU: `[8, 128, ·]`; GPU: `[32, 512, ·]`).
+BERT-base dense layers with a sequence axis (CPU: `[8, 128, ·]`; GPU: `[32, 512, ·]`). The engine's own
+measurements (issue 14: one execution path, fused gathers, cold start, glued or materialized) are on
+[their own page](benchmarks_engine.md).
 
 ## Reproduce
 
