@@ -24,6 +24,7 @@ import numpy as np
 from tnderiv.ir import NodeKind, PaddingMode, PatternParams
 from tnderiv.plan.cost import StepCost, conv_factor, grouped_weight_slowdown
 from tnderiv.plan.kernels import Kernel, StepInput, dense_flops
+from tnderiv.plan.reference import index_map
 
 ROLES = ("conv", "conv_transpose", "conv_weight")
 _KEYS = {
@@ -109,19 +110,6 @@ def _match(
             return None  # a leg summed on one side only, or a broadcast: not a convolution
         classes[cls].append(leg)
     return ConvMatch(role, x, w, ordered, *(tuple(classes[c]) for c in ("batch", "group", "cin", "cout")))
-
-
-def index_map(params: PatternParams, positions: np.ndarray, size: int) -> np.ndarray:
-    """Input index read at padded ``positions − P_left`` under the padding mode; ``size`` where nothing is read."""
-    idx = positions - params.pad_left
-    if params.mode is PaddingMode.REFLECT:
-        idx = np.where(idx < 0, -idx, idx)
-        idx = np.where(idx >= size, 2 * (size - 1) - idx, idx)
-    elif params.mode is PaddingMode.REPLICATE:
-        idx = np.clip(idx, 0, size - 1)
-    elif params.mode is PaddingMode.CIRCULAR:
-        idx = np.mod(idx, size)
-    return np.where((idx >= 0) & (idx < size), idx, size)
 
 
 def conv_cost(match: Any, inputs: Sequence[StepInput], sizes: Mapping[str, int], dense: int, size: int) -> StepCost:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from tnderiv.ir import NodeKind, PaddingMode, PatternParams
-from tnderiv.plan.conv import index_map
 from tnderiv.plan.cost import StepCost
 from tnderiv.plan.kernels import Kernel, StepInput, dense_flops
+from tnderiv.plan.reference import index_map
 
 # False: every pattern is gathered in its own step, as before fused gathers (a benchmark and debugging
 # switch; clear the plan caches after changing it: tnderiv.clear_caches()).

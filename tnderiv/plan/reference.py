@@ -104,6 +104,19 @@ def constant_array(node: Node, sizes: Mapping[str, int]) -> np.ndarray:
     raise TypeError(f"node {node.display_name!r} of kind {node.kind.value} has no constant value")
 
 
+def index_map(params: PatternParams, positions: np.ndarray, size: int) -> np.ndarray:
+    """Input index read at padded ``positions − P_left`` under the padding mode; ``size`` where nothing is read."""
+    idx = positions - params.pad_left
+    if params.mode is PaddingMode.REFLECT:
+        idx = np.where(idx < 0, -idx, idx)
+        idx = np.where(idx >= size, 2 * (size - 1) - idx, idx)
+    elif params.mode is PaddingMode.REPLICATE:
+        idx = np.clip(idx, 0, size - 1)
+    elif params.mode is PaddingMode.CIRCULAR:
+        idx = np.mod(idx, size)
+    return np.where((idx >= 0) & (idx < size), idx, size)
+
+
 @lru_cache(maxsize=1024)
 def pattern_array(params: PatternParams, k_size: int, o_size: int, i_size: int) -> np.ndarray:
     """``Π[k, o, i] = 1 iff i = map(o·S + k·D − P_left)``, with ``map`` given by the padding mode."""
@@ -117,17 +130,8 @@ def pattern_entries(params: PatternParams, k_size: int, o_size: int, i_size: int
     """The coordinates ``(k, o, i)`` of ``Π``'s non-zero entries (each is 1)."""
     k = np.arange(k_size)[:, None]
     o = np.arange(o_size)[None, :]
-    idx = o * params.stride + k * params.dilation - params.pad_left
-    idx = np.broadcast_to(idx, (k_size, o_size)).copy()
-    if params.mode is PaddingMode.REFLECT:
-        idx = np.where(idx < 0, -idx, idx)
-        idx = np.where(idx >= i_size, 2 * (i_size - 1) - idx, idx)
-    elif params.mode is PaddingMode.REPLICATE:
-        idx = np.clip(idx, 0, i_size - 1)
-    elif params.mode is PaddingMode.CIRCULAR:
-        idx = np.mod(idx, i_size)
-    valid = (idx >= 0) & (idx < i_size)
-    kk, oo = np.nonzero(valid)
+    idx = index_map(params, np.broadcast_to(o * params.stride + k * params.dilation, (k_size, o_size)), i_size)
+    kk, oo = np.nonzero(idx < i_size)
     return kk, oo, idx[kk, oo]
 
 

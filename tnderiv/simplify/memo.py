@@ -11,55 +11,13 @@ so ``plan.bind`` registers it).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from collections.abc import Hashable
+from typing import Any
 
 from tnderiv.ir import Diagram, DiagramSum, Expression, Node, terms_of
+from tnderiv.ir.lru import LRUCache
 
-
-class MemoInfo(NamedTuple):
-    """As ``functools.lru_cache``'s ``cache_info()``."""
-
-    hits: int
-    misses: int
-    maxsize: int
-    currsize: int
-
-
-class Memo:
-    """At most ``maxsize`` results, least recently used dropped first; ``cache_info``/``cache_clear`` as ``lru_cache``."""
-
-    def __init__(self, maxsize: int = 512) -> None:
-        self.maxsize = maxsize
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return entry
-        self.misses += 1
-        entry = build()
-        self._entries[key] = entry
-        if len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
-        return entry
-
-    def cache_info(self) -> MemoInfo:
-        return MemoInfo(self.hits, self.misses, self.maxsize, len(self._entries))
-
-    def cache_clear(self) -> None:
-        self._entries.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-SIMPLIFIED = Memo(maxsize=512)
+SIMPLIFIED: LRUCache[Any] = LRUCache(maxsize=512)
 
 
 def exact_key(expr: Expression) -> Hashable:
