@@ -158,7 +158,7 @@ def calls(p: Problem) -> dict[str, Callable[[], Any]]:
         "grad_stats": lambda: tnderiv.grad_stats(spec, x, g, params=["weight"]),
         "kfac_expand": lambda: tnderiv.kfac(spec, x, g, approx="expand", loss_average=None),
         "kfac_reduce": lambda: tnderiv.kfac(spec, x, g, approx="reduce", loss_average=None),
-        "ggn_diag": lambda: tnderiv.ggn(spec, x, p.sqrt_out, param="weight", kind="diag"),
+        "ggn_diag": lambda: tnderiv.ggn(spec, x, p.sqrt_out, params="weight", kind="diag"),
     }
 
 

@@ -119,7 +119,7 @@ for _stat_name in ("sum_grad_squared", "batch_l2"):
 def diag_ggn(p: Problem) -> Prepared:
     tn = _tnderiv("ggn")
     spec, x, s = weight_only_spec(p), p.x, p.sqrt_out
-    return Prepared(lambda: tn.ggn(spec, x, s, param="weight", kind="diag"))
+    return Prepared(lambda: tn.ggn(spec, x, s, params="weight", kind="diag"))
 
 
 # ----- plan facts and call overhead (issue 3's "warm call" and "cold call" targets) ------------------------
