@@ -79,6 +79,7 @@ class GramPlan:
         self.gram: Plan | None = None
         self.copy_scale = 1.0
         self._scale_result = False
+        self._contiguous = False
         self.lags: LagProgram | None = None
         self.chunks: tuple[str, int, int] | None = None  # (leg, chunk size, chunks) when materialized in chunks
         self._chunk_axes: dict[str, int] = {}
@@ -152,6 +153,8 @@ class GramPlan:
             gram = gram.replace(coefficient=1)
             shapes[glued.copy_name] = shape
         self.gram = get_plan(gram, shapes, self._like, optimize, simplify=simplify, memory_limit=memory_limit)
+        # a Hadamard sum reads a strided half in memory order; any other step wants it in its leg order
+        self._contiguous = hasattr(self._like, "is_contiguous") and any(step.kind != "Hadamard sum" for step in self.gram.steps())
         result = math.prod(self.gram.out_shape)
         self._scale_result = bool(glued.copy_name) and result <= math.prod(shape) and all(t.fresh for t in self.gram.term_plans)
         copy = MOVE_COST * 2 * min(math.prod(shape), result) if glued.copy_name else 0.0
@@ -225,6 +228,10 @@ class GramPlan:
     def run_gram(self, half: Any) -> Any:
         """The Gram on an evaluated half (``[*half_axes]``, as ``half`` returns it)."""
         assert self.gram is not None
+        if self._contiguous and not half.is_contiguous():
+            # the half is often a permuted view; the Gram's GEMMs and reductions were priced (and run fast) on the
+            # leg order: one copy (e.g. a transposed conv's variance 96 → 9 ms, batch_dot 84 → 7 ms)
+            half = half.contiguous()
         given = {self.glued.half_name: half}
         if not self.glued.copy_name:
             return self.gram.execute(given)
