@@ -154,7 +154,10 @@ class GramPlan:
             shapes[glued.copy_name] = shape
         self.gram = get_plan(gram, shapes, self._like, optimize, simplify=simplify, memory_limit=memory_limit)
         # a Hadamard sum reads a strided half in memory order; any other step wants it in its leg order
-        self._contiguous = hasattr(self._like, "is_contiguous") and any(step.kind != "Hadamard sum" for step in self.gram.steps())
+        # (not for KFAC factors: their half is written in the memory order their Gram's GEMM views, see plan.gathers)
+        self._contiguous = (
+            not glued.staged_first and hasattr(self._like, "is_contiguous") and any(step.kind != "Hadamard sum" for step in self.gram.steps())
+        )
         result = math.prod(self.gram.out_shape)
         self._scale_result = bool(glued.copy_name) and result <= math.prod(shape) and all(t.fresh for t in self.gram.term_plans)
         copy = MOVE_COST * 2 * min(math.prod(shape), result) if glued.copy_name else 0.0
