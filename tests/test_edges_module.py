@@ -220,3 +220,26 @@ def test_plan_kernels_pass_gradcheck(name):
     torch.manual_seed(0)
     inputs = tuple(t(*shape).requires_grad_(True) for shape in shapes)
     assert torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_glued_quantities_follow_a_module_changed_after_first_use():
+    """KFAC, statistics and the GGN diagonal run from the call cache; a changed padding mode must plan again."""
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    x, g, s = t(4, 2, 5, 5), t(4, 3, 5, 5), t(2, 4, 3, 5, 5)
+    tnderiv.kfac(conv, x, g)
+    tnderiv.grad_stats(conv, x, g, ["sum_grad_squared"], params=["weight"])
+    tnderiv.ggn(conv, x, s, kind="diag")
+    conv.padding_mode = "reflect"
+    a = torch.nn.functional.unfold(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), 3)  # [N, 18, 25]
+    rows = a.transpose(1, 2).reshape(-1, 18)
+    close(tnderiv.kfac(conv, x, g).A[0], rows.T @ rows / rows.shape[0])
+
+    def psg(cotangent: torch.Tensor) -> torch.Tensor:
+        out = []
+        for n in range(4):
+            (w,) = torch.autograd.grad((conv(x[n : n + 1]) * cotangent[n : n + 1]).sum(), conv.weight)
+            out.append(w)
+        return torch.stack(out)
+
+    close(tnderiv.grad_stats(conv, x, g, ["sum_grad_squared"], params=["weight"])["sum_grad_squared"]["weight"], (psg(g) ** 2).sum(0))
+    close(tnderiv.ggn(conv, x, s, kind="diag"), sum((psg(s[m]) ** 2).sum(0) for m in range(2)))
