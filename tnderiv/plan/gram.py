@@ -45,8 +45,10 @@ class GramPlan:
     """``glued`` planned for operand ``shapes`` on ``like``'s backend, device and dtype.
 
     ``strategy`` is what runs (``"glued"``, ``"materialize"`` or ``"lags"``); ``scores`` / ``flops_of`` the cost
-    model's score and the FLOPs of each way that was planned (and of the half alone); ``plans`` the compiled plans that run (materialize: the half's, then the Gram's);
-    ``sizes`` the bound leg sizes of ``glued.source``. ``run(operands)`` → ``(value, evaluated half or None)``.
+    model's score and the FLOPs of each way that was planned (and of the half alone); ``plans`` the compiled
+    plans that run (materialize: the half's, then the Gram's); ``chunks`` ``(leg, size, count)`` when the half
+    is materialized in chunks; ``sizes`` the bound leg sizes of ``glued.source``.
+    ``run(operands)`` → ``(value, evaluated half or None)``.
     """
 
     def __init__(
