@@ -33,6 +33,7 @@ from benchmarks.timing import pin_settings, time_interleaved
 from benchmarks.unfold import kfac_input, unfold_input
 from tnderiv.api import _network
 from tnderiv.calculus.kfac import Approx, input_factor
+from tnderiv.plan.keys import PlanOptions
 from tnderiv.plan.lags import lag_program
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "kfac_lags.json"
@@ -56,7 +57,7 @@ def _program(module: torch.nn.Module, x: torch.Tensor) -> Any:
     """The lag program for this layer (forced), for its FLOPs and the cost model's scores."""
     network = _network(module, {"x": tuple(x.shape)})
     _, factor = input_factor(network, Approx.EXPAND)
-    side = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, api_kfac._Options(), False)
+    side = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, PlanOptions(), False)
     return lag_program(factor.glued, side.plan.sizes, 1.0, force=True)
 
 

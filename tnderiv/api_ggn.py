@@ -18,7 +18,7 @@ from tnderiv.plan.cache import register_cache
 from tnderiv.plan.compiled import Plan
 from tnderiv.plan.empty import empty_value, filled, has_empty
 from tnderiv.plan.gram import GramPlan, Strategy, get_gram_plan
-from tnderiv.plan.keys import call_key
+from tnderiv.plan.keys import PlanOptions, call_key
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 GGNKind = Literal["block", "diag", "gram"]
@@ -95,7 +95,7 @@ def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sa
     def build() -> tuple[GramPlan, tuple[str, ...]]:
         form = glued_ggn_diag(network, param, per_sample)
         needed = tuple(dict.fromkeys((*form.glued.operand_names, *form.source.operand_names)))
-        return _gram_plan(form, _inputs(network, needed, given), like, (optimize, True, memory_limit), network, "auto"), needed
+        return _gram_plan(form, _inputs(network, needed, given), like, PlanOptions(optimize, True, memory_limit), network, "auto"), needed
 
     plan, needed = cached_call(call_key(("ggn diag", network, param, per_sample), given, optimize, memory_limit), build)
     plan.check_memory(f"the GGN diagonal of {param}")
@@ -247,9 +247,9 @@ def grad_stats(
     if has_empty(shapes):
         return _empty_stats(network, names, chosen, given, like)
     forced = None if strategy == "auto" else strategy
-    opts = (optimize, simplify, memory_limit)
+    opts = PlanOptions(optimize, simplify, memory_limit)
     for param in chosen:
-        key = call_key(("grad_stats", network, names, param, forced), given, optimize, bool(simplify), memory_limit)
+        key = call_key(("grad_stats", network, names, param, forced), given, optimize, *opts.key())
         per = cached_call(key, lambda param=param: _plan_param(network, names, param, given, like, opts, forced))
         inputs = _inputs(network, per.needed, given)
         for stat in names:  # every plan that will run is checked against the memory budget before any runs
@@ -277,7 +277,7 @@ class _ParamStats:
 
 
 def _plan_param(
-    network: Any, names: tuple[str, ...], param: str, given: dict[str, Any], like: Any, opts: tuple[Any, bool, int | None], forced: str | None
+    network: Any, names: tuple[str, ...], param: str, given: dict[str, Any], like: Any, opts: PlanOptions, forced: str | None
 ) -> _ParamStats:
     """Plan every statistic of ``param`` both ways (unless forced) and choose jointly (the per-sample gradients are shared)."""
     forms = {stat: glued_statistic(network, stat, param) for stat in names}
@@ -305,11 +305,10 @@ def _plan_param(
     return _ParamStats(needed, plans, choices)
 
 
-def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, opts: tuple[Any, bool, int | None], network: Any, strategy: str) -> GramPlan:
-    """The glued quantity's plan for these inputs; ``opts``: ``(optimize, simplify, memory_limit)``."""
-    optimize, simplify, memory_limit = opts
+def _gram_plan(form: Glued, inputs: Mapping[str, Any], like: Any, opts: PlanOptions, network: Any, strategy: str) -> GramPlan:
+    """The glued quantity's plan for these inputs."""
     shapes = {name: tuple(t.shape) for name, t in inputs.items()}
-    return get_gram_plan(form, shapes, like, optimize, network.check_sizes, strategy=strategy, simplify=simplify, memory_limit=memory_limit)  # type: ignore[arg-type]
+    return get_gram_plan(form, shapes, like, opts.optimize, network.check_sizes, strategy=strategy, **opts.planning())  # type: ignore[arg-type]
 
 
 def _empty_stats(network: Any, names: tuple[str, ...], chosen: tuple[str, ...], given: dict[str, Any], like: Any) -> GradStats:

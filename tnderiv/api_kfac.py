@@ -55,7 +55,7 @@ from tnderiv.plan.bind import Bindings
 from tnderiv.plan.compiled import Plan
 from tnderiv.plan.constants import constant_array
 from tnderiv.plan.gram import GramPlan, get_gram_plan, number
-from tnderiv.plan.keys import call_key
+from tnderiv.plan.keys import PlanOptions, call_key
 from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_check
 
 # ----- evaluating factors ----------------------------------------------------------------------------
@@ -66,21 +66,6 @@ from tnderiv.plan.memory import SET_BUDGET, SMALLER_BATCH, check_fits, needs_che
 # None: the cost model decides per layer (plan.lags); True/False force the lag path where exact / never
 LAG_STRATEGY: bool | None = None
 EXPAND_TO_REDUCE = "approx='reduce' (sums the weight-sharing positions first)"
-
-
-@dataclass(frozen=True)
-class _Options:
-    """How to plan: ``optimize``, ``simplify`` (plan-stage rewrites) and ``memory_limit`` (bytes per intermediate)."""
-
-    optimize: Any = "auto"
-    simplify: bool = True
-    memory_limit: int | None = None
-
-    def key(self) -> tuple[Any, ...]:
-        return (bool(self.simplify), self.memory_limit)
-
-    def planning(self) -> dict[str, Any]:
-        return {"simplify": self.simplify, "memory_limit": self.memory_limit}
 
 
 @dataclass(frozen=True)
@@ -131,7 +116,7 @@ class _Side:
         return raw.reshape(groups, *lead, d).movedim(0, -2)
 
 
-def _side(what: tuple[Any, ...], tensors: Mapping[str, Any], opts: _Options, build: Any) -> _Side:
+def _side(what: tuple[Any, ...], tensors: Mapping[str, Any], opts: PlanOptions, build: Any) -> _Side:
     """The side under the one call key (built on a miss)."""
     return cached_call(call_key(what, tensors, opts.optimize, *opts.key()), build)
 
@@ -162,14 +147,14 @@ def _prod(sizes: Mapping[str, int], legs: Sequence[str]) -> int:
 
 
 def _input_side(
-    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: _Options, keep_half: bool
+    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: PlanOptions, keep_half: bool
 ) -> _Side:
     what = ("kfac input", network, approx, bias, keep_half, LAG_STRATEGY)
     return _side(what, tensors, opts, lambda: _build_input_side(network, tensors, approx, bias, opts, keep_half))
 
 
 def _build_input_side(
-    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: _Options, keep_half: bool
+    network: LayerNetwork, tensors: dict[str, Any], approx: Approx, bias: BiasMode, opts: PlanOptions, keep_half: bool
 ) -> _Side:
     split, factor = input_factor(network, approx)
     x = tensors["x"]
@@ -201,7 +186,7 @@ def _build_input_side(
 
 
 def _output_side(
-    network: LayerNetwork, grad_out: Any, approx: Approx, loss_average: str | None, sqrt: bool, opts: _Options, keep_half: bool, param: str = "weight"
+    network: LayerNetwork, grad_out: Any, approx: Approx, loss_average: str | None, sqrt: bool, opts: PlanOptions, keep_half: bool, param: str = "weight"
 ) -> _Side:
     tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
     what = ("kfac output", network, approx, loss_average, sqrt, keep_half, param)
@@ -307,7 +292,7 @@ def kfac_factors_input(
     struct = structured_request(structure, K, unreduced)
     tensors = input_tensors(layer, x, operands)
     network = _network(layer, {"x": tuple(x.shape)})
-    opts = _Options(optimize, simplify, memory_limit)
+    opts = PlanOptions(optimize, simplify, memory_limit)
     side = _input_side(network, tensors, approx_, bias_, opts, unreduced or struct is not None)
     if struct is not None:
         return _structured_factor(side, tensors, struct, K, side.cross is not None)
@@ -353,7 +338,7 @@ def kfac_factors_output(
     check_torch({"grad_out": grad_out})
     network, sqrt = _output_network(layer, grad_out, hessian_sqrt)
     tensors = {"sqrt_out" if sqrt else "grad_out": grad_out}
-    opts = _Options(optimize, simplify, memory_limit)
+    opts = PlanOptions(optimize, simplify, memory_limit)
     if struct is not None:
         side = _output_side(network, grad_out, approx_, loss_average_, sqrt, opts, True)
         return _structured_factor(side, tensors, struct, K, False)
@@ -404,7 +389,7 @@ def kfac(
     """
     approx_, loss_average_ = Approx.parse(approx), parse_loss_average(loss_average)
     bias_ = BiasMode.parse(deprecated_bias(bias, bias_mode))
-    opts = _Options(optimize, simplify, memory_limit)
+    opts = PlanOptions(optimize, simplify, memory_limit)
     tensors = input_tensors(layer, x, operands, {"grad_out": grad_out})
     network = _network(layer, {"x": tuple(x.shape)})
     sqrt = is_sqrt(network, grad_out, None)

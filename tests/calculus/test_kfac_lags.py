@@ -12,6 +12,7 @@ import tnderiv
 import tnderiv.api_kfac as api_kfac
 from tnderiv.api import _network
 from tnderiv.calculus.kfac import Approx, input_factor
+from tnderiv.plan.keys import PlanOptions
 from tnderiv.plan.lags import lag_program
 from tnderiv.simplify.lags import glued_lags
 
@@ -58,7 +59,7 @@ def test_lag_factor_equals_unfold(dims: int, kernel: int, dilation: int, padding
     conv = _conv(dims, channels, kernel, dilation, padding, groups)
     network = _network(conv, {"x": tuple(x.shape)})
     _, factor = input_factor(network, Approx.EXPAND)
-    sizes = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, api_kfac._Options(), False).plan.sizes
+    sizes = api_kfac._input_side(network, {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, PlanOptions(), False).plan.sizes
     program = lag_program(factor.glued, sizes, 1.0, force=True)
     assert program is not None, "stride 1 and zeros padding: the lag form must apply"
     positions = x.shape[0] * (size + 2 * padding - dilation * (kernel - 1)) ** dims
@@ -88,7 +89,7 @@ def test_three_dims(forced: None) -> None:
 
 def _chosen(conv: torch.nn.Module, shape: tuple[int, ...]) -> bool:
     x = torch.randn(*shape)
-    side = api_kfac._input_side(_network(conv, {"x": shape}), {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, api_kfac._Options(), False)
+    side = api_kfac._input_side(_network(conv, {"x": shape}), {"x": x}, Approx.EXPAND, api_kfac.BiasMode.SEPARATE, PlanOptions(), False)
     return side.plan.lags is not None
 
 
@@ -111,7 +112,7 @@ def test_not_fired_for_reduce_or_kept_half() -> None:
     x = torch.randn(2, 8, 40, 40)
     network = _network(conv, {"x": tuple(x.shape)})
     for approx, keep in ((Approx.REDUCE, False), (Approx.EXPAND, True)):
-        side = api_kfac._input_side(network, {"x": x}, approx, api_kfac.BiasMode.SEPARATE, api_kfac._Options(), keep)
+        side = api_kfac._input_side(network, {"x": x}, approx, api_kfac.BiasMode.SEPARATE, PlanOptions(), keep)
         assert side.plan.lags is None
 
 

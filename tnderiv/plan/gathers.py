@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tnderiv.ir import NodeKind, PaddingMode, PatternParams
+from tnderiv.ir import NodeKind, PaddingMode
+from tnderiv.plan.conv import ConvDim
 from tnderiv.plan.cost import StepCost
 from tnderiv.plan.kernels import Kernel, StepInput, dense_flops
 from tnderiv.plan.reference import index_map
@@ -34,16 +35,8 @@ FUSED_GATHERS = True
 
 
 @dataclass(frozen=True)
-class GatherDim:
-    """One pattern read along its input leg ``i`` into ``(k, o)``; the sizes and hyperparameters."""
-
-    k: str
-    o: str
-    i: str
-    kernel: int
-    out: int
-    inp: int
-    params: PatternParams
+class GatherDim(ConvDim):
+    """One pattern read along its input leg ``i`` into ``(k, o)`` (the fields of ``ConvDim``), and the padded span it needs."""
 
     @property
     def needed(self) -> int:

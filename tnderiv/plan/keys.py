@@ -9,6 +9,7 @@ tuples, other objects by identity).
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tnderiv.plan.backends import backend_of
@@ -48,4 +49,21 @@ def call_key(what: Hashable, tensors: Mapping[str, Any], optimize: Any, *options
     return key
 
 
-__all__ = ["call_key", "place", "plan_key", "shapes_key"]
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a public call plans: ``optimize``, ``simplify`` (plan-stage rewrites), ``memory_limit`` (bytes per intermediate)."""
+
+    optimize: Any = "auto"
+    simplify: bool = True
+    memory_limit: int | None = None
+
+    def key(self) -> tuple[Hashable, ...]:
+        """The options as ``call_key``'s trailing parts (the optimizer goes in by ``cache_key``)."""
+        return (bool(self.simplify), self.memory_limit)
+
+    def planning(self) -> dict[str, Any]:
+        """Keyword arguments of ``get_plan``/``get_gram_plan`` besides the optimizer."""
+        return {"simplify": self.simplify, "memory_limit": self.memory_limit}
+
+
+__all__ = ["PlanOptions", "call_key", "place", "plan_key", "shapes_key"]
