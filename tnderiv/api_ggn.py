@@ -72,21 +72,20 @@ def ggn(
         raise TypeError(f"params={params!r}: expected a parameter name or a sequence of them, e.g. ['weight', 'bias']")
     for name in names:
         _check_param(name, network.params)
-    out = {name: _ggn_of(layer, network, tensors, name, kind, per_sample, optimize, simplify, memory_limit) for name in names}
-    return out[names[0]] if single else out
-
-
-def _ggn_of(
-    layer: Any, network: Any, tensors: dict[str, Any], param: str, kind: str, per_sample: bool, optimize: Any, simplify: bool, memory_limit: int | None
-) -> Any:
-    """One parameter's GGN quantity: a diagonal through its glued form (``plan.gram``), the rest as quantities."""
+    glued = None  # a diagonal runs through its glued form (plan.gram): the tensors are read and checked once
     if kind == "diag" and simplify:
         given = _module_params(layer, {k: v for k, v in tensors.items() if v is not None})
         like = check_tensors(given)
         if like is not None and not has_empty({k: tuple(v.shape) for k, v in given.items()}):
-            return _ggn_diag(network, given, like, param, per_sample, optimize, memory_limit)
-    quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{param}"
-    return run_quantity(layer, quantity, tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
+            glued = (given, like)
+    out = {}
+    for name in names:
+        if glued is not None:
+            out[name] = _ggn_diag(network, *glued, name, per_sample, optimize, memory_limit)
+        else:
+            quantity = f"{'per_sample_' if per_sample else ''}ggn_{kind}_{name}"
+            out[name] = run_quantity(layer, quantity, tensors, optimize=optimize, simplify=simplify, memory_limit=memory_limit)
+    return out[names[0]] if single else out
 
 
 def _ggn_diag(network: Any, given: dict[str, Any], like: Any, param: str, per_sample: bool, optimize: Any, memory_limit: int | None) -> Any:
